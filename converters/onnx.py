@@ -1,0 +1,155 @@
+"""ONNX targets: `onnx` (fp32) and `onnx-fp16`, validated in onnxruntime.
+
+Export uses the TorchScript exporter (`dynamo=False`): it gives clean Conv/Relu/Add graphs and
+honours low opsets (the BPU needs 11), where the dynamo exporter silently writes opset 18.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnv4_deploy.errors import DeployError, UsageError
+from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MIN_OPSET, MAX_OPSET = 11, 20
+_BACKENDS = ("onnx", "onnxruntime", "onnxsim")
+
+
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset {opset} is not supported", f"use {MIN_OPSET}..{MAX_OPSET}")
+
+
+def export_float_onnx(model: Any, example: Any, path: Path, opset: int, dynamic_batch: bool,
+                      simplify: bool) -> dict[str, Any]:
+    """Write the float ONNX of `model` to `path`; return facts for the artifact metadata."""
+    import onnx
+    import torch
+
+    check_opset(opset)
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
+    proto = onnx.load(str(path))
+    simplified = False
+    if simplify:
+        import onnxsim
+
+        candidate, ok = onnxsim.simplify(proto)
+        if not ok:
+            raise DeployError("onnxsim could not verify the simplified model", "retry with --no-simplify")
+        proto, simplified = candidate, True
+    proto.producer_name, proto.producer_version = "mnv4-deploy", _own_version()
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return {"opset": opset, "simplified": simplified, "dynamic_batch": dynamic_batch,
+            "input": INPUT_NAME, "output": OUTPUT_NAME, "op_histogram": op_histogram(proto)}
+
+
+def _own_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mnv4-deploy")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def op_histogram(proto: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def to_fp16(path: Path) -> None:
+    """Store weights and compute in fp16, keeping float32 input/output for callers."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    _sort_topologically(proto.graph)  # the converter appends its I/O casts at the end
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _sort_topologically(graph: Any) -> None:
+    """Reorder `graph.node` so every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise DeployError("the fp16 graph has a cycle or a dangling input", "export onnx (fp32) instead")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def ort_runner(path: Path) -> Runner:
+    """An onnxruntime CPU session; feeds one sample at a time when the batch axis is fixed."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    fixed_batch = session.get_inputs()[0].shape[0]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if isinstance(fixed_batch, int) and fixed_batch != batch.shape[0]:
+            return np.concatenate([session.run(None, {name: batch[i:i + fixed_batch]})[0]
+                                   for i in range(0, batch.shape[0], fixed_batch)])
+        return session.run(None, {name: batch})[0]
+
+    return Runner(run=run, runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)")
+
+
+class OnnxConverter:
+    """Float ONNX export (fp32 or fp16) of the canonical model."""
+
+    def __init__(self, info: TargetInfo, fp16: bool):
+        self.info = info
+        self.fp16 = fp16
+
+    def check_options(self, options: ExportOptions) -> None:
+        check_opset(options.opset)
+
+    def convert(self, job: ConvertJob) -> Artifact:
+        path = job.workdir / f"{job.stem}{self.info.suffix}"
+        meta = export_float_onnx(job.model, job.example, path, job.options.opset, job.options.dynamic_batch,
+                                 job.options.simplify)
+        if self.fp16:
+            to_fp16(path)
+            import onnx
+
+            meta["op_histogram"] = op_histogram(onnx.load(str(path)))
+        return Artifact(self.info.name, path, self.info.precision, meta)
+
+    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
+        return ort_runner(artifact.path)
+
+
+_COMMON = dict(format="onnx", backend_modules=_BACKENDS, extra="onnx",
+               options=("opset", "simplify", "dynamic_batch", "fold"))
+ONNX_FP32 = OnnxConverter(TargetInfo(name="onnx", precision="fp32", suffix=".onnx",
+                                     description="ONNX fp32, onnxsim-simplified, run by onnxruntime", **_COMMON),
+                          fp16=False)
+ONNX_FP16 = OnnxConverter(TargetInfo(name="onnx-fp16", precision="fp16", suffix=".fp16.onnx",
+                                     description="ONNX fp16 weights and compute, float32 I/O", **_COMMON),
+                          fp16=True)

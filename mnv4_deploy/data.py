@@ -1,0 +1,215 @@
+"""Image folders, labels, deterministic sampling, golden inputs and dataset hashing.
+
+Every tensor that reaches a model (calibration, parity, evaluation) comes through here and
+through the one `Preprocess` contract, so all targets of a run see the very same numbers.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .preprocess import Preprocess
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+Log = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def find_images(root: str | Path, option: str = "--data") -> list[Path]:
+    """All image files below `root`, sorted by relative path (the deterministic order)."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"{option} {root}: no such directory", "pass a folder of jpg/png images")
+    if not root.is_dir():
+        raise UsageError(f"{option} {root}: not a directory", "pass a folder of jpg/png images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"{option} {root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})",
+                         "point it at a folder that holds jpg/png images")
+    return files
+
+
+def sample_files(files: Sequence[Path], count: int | None, seed: int) -> list[Path]:
+    """A seeded sample of `count` files, returned in sorted order (all when count is None)."""
+    files = list(files)
+    if count is None or count >= len(files):
+        return files
+    chosen = random.Random(seed).sample(range(len(files)), count)
+    return [files[i] for i in sorted(chosen)]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ImageBatch:
+    """Preprocessed images (N, 3, H, W float32) with where they came from."""
+
+    tensors: np.ndarray
+    source: str  # "synthetic" or the folder
+    files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    sha256: str = ""
+
+    def __len__(self) -> int:
+        return int(self.tensors.shape[0])
+
+    def describe(self) -> dict:
+        return {"source": self.source, "count": len(self), "sha256": self.sha256,
+                "skipped": self.skipped, "labeled": self.labels is not None}
+
+
+def _hash_batch(contract: Preprocess, entries: Sequence[str]) -> str:
+    h = hashlib.sha256(contract.sha256().encode())
+    for entry in entries:
+        h.update(entry.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def load_images(files: Sequence[Path], contract: Preprocess, root: Path, option: str,
+                log: Log = _noop, labels: Sequence[int] | None = None) -> ImageBatch:
+    """Preprocess `files`; corrupt images are skipped and named, never fatal alone."""
+    tensors, kept, skipped, kept_labels, entries = [], [], [], [], []
+    for i, path in enumerate(files):
+        try:
+            tensors.append(contract.load_image(path))
+        except Exception as exc:  # PIL raises many types for broken files
+            rel = str(path.relative_to(root))
+            skipped.append(rel)
+            log(f"warning: skipping unreadable image {rel}: {type(exc).__name__}: {exc}")
+            continue
+        rel = str(path.relative_to(root))
+        kept.append(rel)
+        entries.append(f"{rel}:{file_sha256(path)}")
+        if labels is not None:
+            kept_labels.append(int(labels[i]))
+    if not tensors:
+        raise UsageError(f"{option} {root}: none of the {len(files)} images could be read",
+                         "check the files are valid jpg/png images")
+    return ImageBatch(
+        tensors=np.stack(tensors).astype(np.float32), source=str(root), files=kept, skipped=skipped,
+        labels=np.asarray(kept_labels, dtype=np.int64) if labels is not None else None,
+        sha256=_hash_batch(contract, entries),
+    )
+
+
+def image_folder_batch(root: str | Path, contract: Preprocess, count: int | None, seed: int = 0,
+                       option: str = "--data", log: Log = _noop) -> ImageBatch:
+    """A seeded sample of `count` images from any folder (recursive), preprocessed."""
+    root = Path(root)
+    files = find_images(root, option)
+    if count is not None and len(files) < count:
+        log(f"warning: {option} {root} has {len(files)} images, fewer than the {count} asked for; using all")
+    return load_images(sample_files(files, count, seed), contract, root, option, log)
+
+
+def synthetic_batch(contract: Preprocess, count: int, seed: int = 0) -> ImageBatch:
+    """Seeded image-like inputs: smooth colour fields plus texture, in 0-255, then normalized.
+
+    Smooth fields exercise the network like photos do (large, correlated activations), unlike
+    white noise, which the first convolutions mostly average away.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = contract.crop_size
+    images = []
+    for _ in range(count):
+        coarse = rng.uniform(0, 255, size=(3, 4, 4)).astype(np.float32)
+        ys = np.linspace(0, 3, h, dtype=np.float32)
+        xs = np.linspace(0, 3, w, dtype=np.float32)
+        y0, x0 = np.floor(ys).astype(int).clip(0, 2), np.floor(xs).astype(int).clip(0, 2)
+        fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+        c = coarse
+        smooth = (c[:, y0][:, :, x0] * (1 - fy) * (1 - fx) + c[:, y0 + 1][:, :, x0] * fy * (1 - fx)
+                  + c[:, y0][:, :, x0 + 1] * (1 - fy) * fx + c[:, y0 + 1][:, :, x0 + 1] * fy * fx)
+        texture = rng.normal(0, 20, size=(3, h, w)).astype(np.float32)
+        images.append(np.clip(smooth + texture, 0, 255))
+    pixels = np.stack(images).astype(np.float32)
+    return ImageBatch(tensors=contract.normalize(pixels), source="synthetic",
+                      sha256=_hash_batch(contract, [f"synthetic:seed={seed}:n={count}"]))
+
+
+def golden_batch(contract: Preprocess, data_dir: str | Path | None, count: int = 8, seed: int = 0,
+                 log: Log = _noop) -> ImageBatch:
+    """The fixed inputs parity is judged on: real images when given, seeded synthetic otherwise."""
+    if data_dir is None:
+        return synthetic_batch(contract, count, seed)
+    return image_folder_batch(data_dir, contract, count, seed, option="--data", log=log)
+
+
+# ---- labeled sets ---------------------------------------------------------------------------
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in index order (sorted), as timm ships them."""
+    from importlib import resources
+
+    text = resources.files("timm.data").joinpath("_info/imagenet_synsets.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def labeled_batch(root: str | Path, contract: Preprocess, count: int | None = None, seed: int = 0,
+                  num_classes: int | None = None, log: Log = _noop) -> ImageBatch:
+    """A labeled set: a folder with `labels.csv` (file,class_index,...) or an ImageFolder tree.
+
+    ImageFolder class folders may be named by class index (`0`, `17`) or by ImageNet wnid.
+    """
+    root = Path(root)
+    option = "--eval-data"
+    if not root.is_dir():
+        raise UsageError(f"{option} {root}: not a directory", "pass a folder with labels.csv or class subfolders")
+    csv_path = root / "labels.csv"
+    pairs: list[tuple[Path, int]] = []
+    if csv_path.exists():
+        with open(csv_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
+                raise UsageError(f"{csv_path}: needs the columns file,class_index", "fix the CSV header")
+            for row in reader:
+                pairs.append((root / row["file"], int(row["class_index"])))
+    else:
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+        if not subdirs:
+            raise UsageError(f"{option} {root}: neither labels.csv nor class subfolders found",
+                             "use an ImageFolder tree or add labels.csv (file,class_index)")
+        wnid_index = None
+        for sub in subdirs:
+            if sub.name.isdigit():
+                label = int(sub.name)
+            else:
+                wnid_index = wnid_index or {w: i for i, w in enumerate(imagenet_wnids())}
+                if sub.name not in wnid_index:
+                    raise UsageError(f"{option}: class folder {sub.name!r} is neither an index nor an ImageNet wnid",
+                                     "name class folders 0..N-1 or by wnid")
+                label = wnid_index[sub.name]
+            pairs.extend((f, label) for f in find_images(sub, option))
+    if not pairs:
+        raise UsageError(f"{option} {root}: no labeled images found", "check labels.csv or the class folders")
+    if num_classes is not None:
+        bad = sorted({lbl for _, lbl in pairs if not 0 <= lbl < num_classes})
+        if bad:
+            raise UsageError(f"{option}: labels {bad[:5]} are outside the model's {num_classes} classes",
+                             "use labels that match the model's classifier, or --num-classes")
+    missing = [p for p, _ in pairs if not p.exists()]
+    if missing:
+        raise UsageError(f"{option}: {len(missing)} listed files do not exist (first: {missing[0]})",
+                         "fix labels.csv")
+    chosen = sample_files([p for p, _ in pairs], count, seed)
+    label_of = {p: lbl for p, lbl in pairs}
+    return load_images(chosen, contract, root, option, log, labels=[label_of[p] for p in chosen])

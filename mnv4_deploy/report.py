@@ -1,0 +1,182 @@
+"""Report rows, their JSON/Markdown/console forms, the manifest and SHA256SUMS."""
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from .artifacts import sha256_path, write_json_atomic, write_text_atomic
+from .errors import EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_PARITY
+
+PASSED = "passed"
+VALIDATION_FAILED = "validation_failed"
+EXPORT_FAILED = "export_failed"
+NOT_RUN_HERE = "exported_not_run_here"
+SKIPPED = "skipped"
+
+STATUS_TEXT = {
+    PASSED: "passed",
+    VALIDATION_FAILED: "exported but validation failed",
+    EXPORT_FAILED: "export failed",
+    NOT_RUN_HERE: "exported, not run on this host",
+    SKIPPED: "not run",
+}
+
+# Packages whose versions decide what an artifact contains; read from metadata, never imported.
+TRACKED_PACKAGES = ("mnv4-deploy", "torch", "timm", "numpy", "onnx", "onnxsim", "onnxruntime", "onnxscript",
+                    "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "tensorflow-cpu", "coremltools")
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+@dataclass
+class TargetResult:
+    """One artifact's outcome."""
+
+    target: str
+    precision: str
+    status: str
+    artifact: str | None = None  # path relative to the output directory
+    size_bytes: int | None = None
+    sha256: str | None = None
+    runtime: str | None = None
+    parity: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None
+    failures: list[str] = field(default_factory=list)
+    reason: str | None = None
+    exit_code: int = EXIT_OK
+    seconds_convert: float | None = None
+    seconds_validate: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    """Everything a run did; the Python API returns it and the files are made from it."""
+
+    model: dict[str, Any]
+    contract: dict[str, Any]
+    canonical: dict[str, Any]
+    golden: dict[str, Any]
+    options: dict[str, Any]
+    recipe: dict[str, Any]
+    out_dir: str
+    versions: dict[str, str] = field(default_factory=package_versions)
+    results: list[TargetResult] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """Export failures first, then missing backends, then validation failures."""
+        codes = [r.exit_code for r in self.results]
+        for code in (EXIT_OTHER, EXIT_BACKEND, EXIT_PARITY):
+            if code in codes:
+                return code
+        return max(codes, default=EXIT_OK)
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == EXIT_OK and not self.interrupted
+
+    def result(self, target: str) -> TargetResult:
+        return next(r for r in self.results if r.target == target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tool": "mnv4-deploy", "exit_code": self.exit_code, "passed": self.passed,
+                "interrupted": self.interrupted, "model": self.model, "contract": self.contract,
+                "canonical": self.canonical, "golden": self.golden, "options": self.options,
+                "recipe": self.recipe, "versions": self.versions, "out_dir": self.out_dir,
+                "results": [r.to_dict() for r in self.results]}
+
+    # ---- human forms --------------------------------------------------------------------
+    def table_rows(self) -> list[list[str]]:
+        rows = [["target", "status", "size MB", "cosine", "max abs", "SQNR dB", "top-1 agree", "note"]]
+        for r in self.results:
+            p = r.parity or {}
+            note = "; ".join(r.failures) or (r.reason or "")
+            rows.append([
+                r.target, STATUS_TEXT.get(r.status, r.status),
+                f"{r.size_bytes / 1e6:.2f}" if r.size_bytes is not None else "-",
+                f"{p['cosine']:.6f}" if "cosine" in p else "-",
+                f"{p['max_abs']:.2e}" if "max_abs" in p else "-",
+                f"{p['sqnr_db']:.1f}" if "sqnr_db" in p else "-",
+                f"{p['top1_agreement']:.3f}" if "top1_agreement" in p else "-",
+                note[:120],
+            ])
+        return rows
+
+    def format_table(self) -> str:
+        rows = self.table_rows()
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def summary_lines(self) -> list[str]:
+        ver = self.canonical.get("verification") or {}
+        lines = [
+            f"model: {self.model['name']} ({self.model['timm_name']}), weights: {self.model['weights']}",
+            f"input: {tuple(self.contract['crop_size'])} resize {self.contract['resize_short']} "
+            f"{self.contract['interpolation']}, mean {self.contract['mean']}, std {self.contract['std']}",
+            f"canonical: {self.canonical.get('norms_folded', 0)} norms and "
+            f"{self.canonical.get('layer_scales_folded', 0)} layer scales folded"
+            + (f"; vs original: max abs {ver['max_abs']:.2e}, cosine {ver['cosine']:.8f}" if ver else ""),
+            f"golden inputs: {self.golden['count']} {self.golden['source']} images",
+        ]
+        return lines
+
+    def to_markdown(self) -> str:
+        rows = self.table_rows()
+        md = ["# mnv4-deploy report", ""] + [f"- {line}" for line in self.summary_lines()] + [""]
+        md.append("| " + " | ".join(rows[0]) + " |")
+        md.append("|" + "---|" * len(rows[0]))
+        md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows[1:]]
+        md += ["", f"Exit code: {self.exit_code}", ""]
+        return "\n".join(md)
+
+    # ---- files --------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The CI-facing inventory: what was built, from what, with which tools, and verdicts."""
+        return {
+            "tool": "mnv4-deploy", "versions": self.versions,
+            "model": self.model, "contract_sha256": self.contract.get("sha256"), "contract": self.contract,
+            "golden_sha256": self.golden.get("sha256"), "calibration": self.model.get("calibration"),
+            "options": self.options, "recipe": self.recipe.get("name"),
+            "artifacts": [{"target": r.target, "precision": r.precision, "file": r.artifact, "sha256": r.sha256,
+                           "size_bytes": r.size_bytes, "status": r.status, "thresholds": r.thresholds,
+                           "parity": r.parity} for r in self.results],
+            "exit_code": self.exit_code,
+        }
+
+    def sha256sums(self, out_dir: Path) -> str:
+        """`sha256sum -c`-compatible lines for every artifact file (directory artifacts file by file)."""
+        lines = []
+        for r in self.results:
+            if not r.artifact or not (out_dir / r.artifact).exists():
+                continue
+            root = out_dir / r.artifact
+            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+            lines += [f"{sha256_path(f)}  {f.relative_to(out_dir).as_posix()}" for f in files]
+        return "".join(line + "\n" for line in lines)
+
+    def write(self, out_dir: Path) -> list[Path]:
+        written = [
+            write_json_atomic(out_dir / "report.json", self.to_dict()),
+            write_text_atomic(out_dir / "report.md", self.to_markdown()),
+            write_json_atomic(out_dir / "manifest.json", self.manifest()),
+        ]
+        written.append(write_text_atomic(out_dir / "SHA256SUMS", self.sha256sums(out_dir)))
+        return written

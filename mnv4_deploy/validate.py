@@ -1,0 +1,88 @@
+"""Parity and accuracy metrics. Knows nothing about formats: it compares arrays.
+
+A converter produces a runner (NCHW float32 batch -> logits); this module judges the
+runner's logits against the canonical PyTorch model's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ParityMetrics:
+    """How closely an artifact's logits follow the reference's on the golden inputs."""
+
+    max_abs: float
+    mean_abs: float
+    max_rel_abs: float  # max_abs / max |reference|: scale-free
+    cosine: float  # worst per-sample cosine similarity
+    sqnr_db: float  # signal-to-quantization-noise ratio over the whole batch
+    top1_agreement: float  # fraction of samples whose arg-max matches
+    top5_overlap: float  # mean |top5(ref) & top5(out)| / 5
+    count: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: (round(v, 9) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def compare(reference: np.ndarray, output: np.ndarray) -> ParityMetrics:
+    """Compare two (N, classes) logit arrays."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(reference.shape[0], -1)
+    out = np.asarray(output, dtype=np.float64).reshape(output.shape[0], -1)
+    if ref.shape != out.shape:
+        raise ValueError(f"output shape {out.shape} differs from reference {ref.shape}")
+    diff = np.abs(ref - out)
+    if not np.all(np.isfinite(out)):
+        nan = float("nan")
+        return ParityMetrics(float("inf"), float("inf"), float("inf"), nan, float("-inf"), 0.0, 0.0, len(ref))
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    dots = np.sum(ref * out, axis=1)
+    cos = np.where(norms > 0, dots / np.maximum(norms, 1e-300), np.where(np.all(diff == 0, axis=1), 1.0, 0.0))
+    noise = float(np.sum((ref - out) ** 2))
+    signal = float(np.sum(ref ** 2))
+    sqnr = float("inf") if noise == 0 else 10.0 * math.log10(max(signal, 1e-300) / noise)
+    k = min(5, ref.shape[1])
+    top_ref = np.argsort(-ref, axis=1)[:, :k]
+    top_out = np.argsort(-out, axis=1)[:, :k]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_out)])
+    scale = float(np.max(np.abs(ref))) or 1.0
+    return ParityMetrics(
+        max_abs=float(diff.max()), mean_abs=float(diff.mean()), max_rel_abs=float(diff.max()) / scale,
+        cosine=float(cos.min()), sqnr_db=sqnr,
+        top1_agreement=float(np.mean(top_ref[:, 0] == top_out[:, 0])), top5_overlap=float(overlap),
+        count=int(ref.shape[0]),
+    )
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    """Pass/fail bounds for one precision; the numbers live in quant_configs/, not here."""
+
+    min_cosine: float
+    max_rel_abs: float
+    min_sqnr_db: float
+    min_top1_agreement: float
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "ParityThresholds":
+        return cls(**{k: float(data[k]) for k in ("min_cosine", "max_rel_abs", "min_sqnr_db", "min_top1_agreement")})
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def failures(self, metrics: ParityMetrics) -> list[str]:
+        """Human-readable reasons `metrics` misses these bounds (empty when it passes)."""
+        fails = []
+        if not metrics.cosine >= self.min_cosine:
+            fails.append(f"cosine {metrics.cosine:.6f} < {self.min_cosine}")
+        if not metrics.max_rel_abs <= self.max_rel_abs:
+            fails.append(f"max rel abs {metrics.max_rel_abs:.3g} > {self.max_rel_abs}")
+        if not metrics.sqnr_db >= self.min_sqnr_db:
+            fails.append(f"SQNR {metrics.sqnr_db:.1f} dB < {self.min_sqnr_db}")
+        if not metrics.top1_agreement >= self.min_top1_agreement:
+            fails.append(f"top-1 agreement {metrics.top1_agreement:.3f} < {self.min_top1_agreement}")
+        return fails

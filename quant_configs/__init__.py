@@ -1,0 +1,1 @@
+"""Quantization recipes and parity thresholds, shipped as package data (YAML files)."""
