@@ -64,6 +64,15 @@ DataOpt = Annotated[Optional[Path], typer.Option("--data", help="folder of image
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="override the classifier size")]
 ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="override the input size (square)")]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset")]
+CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="folder of images for int8 calibration "
+                                                      "(recursive)")]
+CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="calibration images drawn (seeded) "
+                                                     "[default: the recipe's, 300]")]
+EvalDataOpt = Annotated[Optional[Path], typer.Option("--eval-data", help="labeled images: ImageFolder tree or a "
+                                                     "folder with labels.csv (file,class_index)")]
+EvalSizeOpt = Annotated[Optional[int], typer.Option("--eval-size", help="evaluate on a seeded sample of N images")]
+MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="fail (exit 4) when top-1 drops more "
+                                                     "than this many points")]
 QuantOpt = Annotated[str, typer.Option("--quant-config", help="shipped recipe name or a recipe YAML file")]
 
 
@@ -72,18 +81,13 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-def _export_body(model: str, to: str, out: Optional[Path], weights: Optional[Path], pretrained: bool,
-                 data: Optional[Path], num_classes: Optional[int], img_size: Optional[int], opset: int,
-                 simplify: bool, dynamic_batch: bool, fold: bool, golden_count: int, seed: int, quant_config: str,
-                 quiet: bool, output: OutputFormat) -> int:
+def _export_body(model: str, to: str, out: Optional[Path], quiet: bool, output: OutputFormat,
+                 options: dict, **kwargs) -> int:
     from .pipeline import export
     from .registry import ExportOptions
 
     log = (lambda _msg: None) if quiet or output is OutputFormat.json else _err
-    report = export(model, to, out, weights=weights, pretrained=pretrained, num_classes=num_classes,
-                    img_size=img_size, data=data, golden_count=golden_count, seed=seed,
-                    options=ExportOptions(opset=opset, simplify=simplify, dynamic_batch=dynamic_batch, fold=fold),
-                    quant_config=quant_config, log=log)
+    report = export(model, to, out, options=ExportOptions(**options), log=log, **kwargs)
     if output is OutputFormat.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -110,13 +114,22 @@ def export_command(
     fold: Annotated[bool, typer.Option("--fold/--no-fold", help="fold BatchNorm/LayerScale")] = True,
     golden_count: Annotated[int, typer.Option("--golden-count", help="golden inputs for parity")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="seed for synthetic inputs and sampling")] = 0,
+    calib_data: CalibDataOpt = None,
+    calib_size: CalibSizeOpt = None,
+    eval_data: EvalDataOpt = None,
+    eval_size: EvalSizeOpt = None,
+    max_drop: MaxDropOpt = None,
     quant_config: QuantOpt = "default",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the result table")] = False,
     output: Annotated[OutputFormat, typer.Option("--output", help="table or json on stdout")] = OutputFormat.table,
 ) -> None:
     """Export a model to one or more targets and validate every artifact against PyTorch."""
-    _guarded(lambda: _export_body(model, to, out, weights, pretrained, data, num_classes, img_size, opset, simplify,
-                                  dynamic_batch, fold, golden_count, seed, quant_config, quiet, output))
+    options = dict(opset=opset, simplify=simplify, dynamic_batch=dynamic_batch, fold=fold)
+    _guarded(lambda: _export_body(
+        model, to, out, quiet, output, options, weights=weights, pretrained=pretrained, num_classes=num_classes,
+        img_size=img_size, data=data, golden_count=golden_count, seed=seed, calib_data=calib_data,
+        calib_size=calib_size, eval_data=eval_data, eval_size=eval_size, max_drop=max_drop,
+        quant_config=quant_config))
 
 
 app.command("export")(export_command)

@@ -5,6 +5,7 @@ zoo) or any `torch.nn.Module` with an explicit `Preprocess` contract.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,11 +17,12 @@ from . import canonicalize as canon
 from . import data as datasets
 from . import models
 from .artifacts import ensure_writable_dir, move_into_place, private_workdir, sha256_path, size_bytes
-from .errors import EXIT_OTHER, EXIT_PARITY, DeployError, UsageError
+from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, UsageError
 from .preprocess import Preprocess
 from .recipes import Recipe, load_recipe
 from .registry import Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, find_targets, load_target, parse_targets
-from .report import (EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, VALIDATION_FAILED, Report, TargetResult)
+from .report import (ACCURACY_FAILED, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT, VALIDATION_FAILED,
+                     Report, TargetResult)
 
 Log = Callable[[str], None]
 RANDOM_INIT_SEED = 0
@@ -129,31 +131,81 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def run_target(conv: Converter, prepared: PreparedModel, out_dir: Path, options: ExportOptions, recipe: Recipe,
-               stem: str, log: Log) -> tuple[TargetResult, Artifact | None]:
-    """Convert one target into `out_dir` atomically, then validate it against the reference."""
+EVAL_CHUNK = 32
+
+
+def run_chunked(run: Callable[[np.ndarray], np.ndarray], tensors: np.ndarray, chunk: int = EVAL_CHUNK) -> np.ndarray:
+    """Run a model over many images in bounded-memory chunks."""
+    return np.concatenate([run(tensors[i:i + chunk]) for i in range(0, len(tensors), chunk)])
+
+
+def torch_logits(model: Any, tensors: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return run_chunked(lambda b: model(torch.from_numpy(b)).numpy(), tensors)
+
+
+@dataclass
+class Evaluation:
+    """The labeled set and the reference model's logits on it, computed once per run."""
+
+    batch: datasets.ImageBatch
+    reference_logits: np.ndarray
+
+    def describe(self) -> dict[str, Any]:
+        from .validate import _topk_correct
+
+        labels = self.batch.labels
+        return {**self.batch.describe(),
+                "reference_top1": round(100.0 * float(_topk_correct(self.reference_logits, labels, 1).mean()), 4),
+                "reference_top5": round(100.0 * float(_topk_correct(self.reference_logits, labels, 5).mean()), 4)}
+
+
+@dataclass
+class RunContext:
+    """What every target of one run shares: computed once, never per target."""
+
+    prepared: PreparedModel
+    recipe: Recipe
+    options: ExportOptions
+    out_dir: Path
+    stem: str
+    calibration: datasets.ImageBatch | None = None
+    evaluation: Evaluation | None = None
+    max_drop: float | None = None
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    log: Log = print
+
+
+def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) -> Artifact | None:
     info = conv.info
-    result = TargetResult(target=info.name, precision=info.precision, status=EXPORT_FAILED)
-    workdir = private_workdir(out_dir)
+    workdir = private_workdir(ctx.out_dir)
     started = time.perf_counter()
     try:
-        job = ConvertJob(model=prepared.canonical, contract=prepared.contract, example=prepared.example,
-                         workdir=workdir, stem=stem, options=options, recipe=recipe, log=log)
+        job = ConvertJob(model=ctx.prepared.canonical, contract=ctx.prepared.contract, example=ctx.prepared.example,
+                         workdir=workdir, stem=ctx.stem, options=ctx.options, recipe=ctx.recipe,
+                         calibration=ctx.calibration, upstream=ctx.artifacts.get(info.upstream or ""), log=ctx.log)
         artifact = conv.convert(job)
-        final = move_into_place(artifact.path, out_dir / artifact.path.name)
-        artifact = replace(artifact, path=final)
-    except (Exception, KeyboardInterrupt) as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        return replace(artifact, path=move_into_place(artifact.path, ctx.out_dir / artifact.path.name))
+    except Exception as exc:
         result.reason = _one_line(exc)
         result.exit_code = exc.exit_code if isinstance(exc, DeployError) else EXIT_OTHER
-        log(f"{info.name}: export failed: {result.reason}")
-        return result, None
+        ctx.log(f"{info.name}: export failed: {result.reason}")
+        return None
     finally:
         result.seconds_convert = round(time.perf_counter() - started, 3)
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_target(conv: Converter, ctx: RunContext) -> TargetResult:
+    """Convert one target into the output directory atomically, then judge it."""
+    info = conv.info
+    result = TargetResult(target=info.name, precision=info.precision, status=EXPORT_FAILED)
+    artifact = _convert_atomically(conv, ctx, result)
+    if artifact is None:
+        return result
+    ctx.artifacts[info.name] = artifact
     result.artifact = artifact.path.name
     result.size_bytes = size_bytes(artifact.path)
     result.sha256 = sha256_path(artifact.path)
@@ -163,60 +215,103 @@ def run_target(conv: Converter, prepared: PreparedModel, out_dir: Path, options:
         runner = conv.runner(artifact)
         if isinstance(runner, NotRunnable):
             result.status, result.reason = NOT_RUN_HERE, runner.reason
-            return result, artifact
+            return result
         result.runtime = runner.runtime
-        logits = runner.run(prepared.golden.tensors)
+        logits = runner.run(ctx.prepared.golden.tensors)
+        eval_logits = run_chunked(runner.run, ctx.evaluation.batch.tensors) if ctx.evaluation else None
     except Exception as exc:
-        result.status, result.reason, result.exit_code = VALIDATION_FAILED, f"running the artifact failed: {_one_line(exc)}", EXIT_PARITY
-        return result, artifact
+        result.status, result.exit_code = VALIDATION_FAILED, EXIT_PARITY
+        result.reason = f"running the artifact failed: {_one_line(exc)}"
+        return result
     finally:
         result.seconds_validate = round(time.perf_counter() - started, 3)
-    from .validate import compare
+    _judge(result, ctx, logits, eval_logits)
+    ctx.log(f"{info.name}: {STATUS_TEXT[result.status]} (cosine {result.parity['cosine']:.6f}, "
+            f"max abs {result.parity['max_abs']:.2e}) -> {artifact.path}")
+    return result
 
-    metrics = compare(prepared.reference_logits, logits)
-    thresholds = recipe.thresholds(info.precision)
+
+def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logits: np.ndarray | None) -> None:
+    """Parity against the thresholds of the artifact's precision, then the accuracy budget."""
+    from .validate import accuracy, compare
+
+    metrics = compare(ctx.prepared.reference_logits, logits)
+    thresholds = ctx.recipe.thresholds(result.precision)
     result.parity, result.thresholds = metrics.to_dict(), thresholds.to_dict()
-    result.failures = thresholds.failures(metrics)
-    if result.failures:
+    parity_failures = thresholds.failures(metrics)
+    over_budget = []
+    if ctx.evaluation is not None and eval_logits is not None:
+        acc = accuracy(ctx.evaluation.reference_logits, eval_logits, ctx.evaluation.batch.labels)
+        result.accuracy = acc.to_dict()
+        if ctx.max_drop is not None and acc.drop_top1 > ctx.max_drop:
+            over_budget.append(f"top-1 drop {acc.drop_top1:.2f} pt > --max-drop {ctx.max_drop}")
+    result.failures = parity_failures + over_budget
+    if parity_failures:
         result.status, result.exit_code = VALIDATION_FAILED, EXIT_PARITY
+    elif over_budget:
+        result.status, result.exit_code = ACCURACY_FAILED, EXIT_ACCURACY
     else:
         result.status = PASSED
-    log(f"{info.name}: {result.status} (cosine {metrics.cosine:.6f}, max abs {metrics.max_abs:.2e}) "
-        f"-> {artifact.path}")
-    return result, artifact
+
+
+def _check_run_inputs(converters: Sequence[Converter], calib_data: Any, eval_data: Any, max_drop: float | None) -> None:
+    needing = [c.info.name for c in converters if c.info.needs_calibration]
+    if needing and calib_data is None:
+        raise UsageError(f"target {', '.join(needing)} needs calibration images",
+                         "pass --calib-data DIR (any folder of images, e.g. a few hundred photos)")
+    if max_drop is not None:
+        if eval_data is None:
+            raise UsageError("--max-drop needs labeled images to measure the drop on", "pass --eval-data DIR")
+        if not 0.0 <= max_drop <= 100.0:
+            raise UsageError(f"--max-drop {max_drop}: must be between 0 and 100 (points of top-1)")
 
 
 def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str | Path | None = None, *,
            contract: Preprocess | None = None, name: str | None = None, weights: str | Path | None = None,
            pretrained: bool = False, num_classes: int | None = None, img_size: int | None = None,
            data: str | Path | None = None, golden_count: int = 8, seed: int = 0,
+           calib_data: str | Path | None = None, calib_size: int | None = None,
+           eval_data: str | Path | None = None, eval_size: int | None = None, max_drop: float | None = None,
            options: ExportOptions | None = None, quant_config: str | Path = "default",
            log: Log = print) -> Report:
     """Export `model` to every target, validate each artifact, write the report and manifest.
 
     Returns the `Report`; `report.exit_code` says whether every artifact passed. Bad input
     raises a `UsageError` (exit 2) before any file is written; a missing backend raises
-    `BackendMissing` (exit 5).
+    `BackendMissing` (exit 5). Calibration tensors, the labeled set and the canonical model
+    are computed once and shared by every target.
     """
     options = options or ExportOptions()
     recipe = load_recipe(quant_config)
     converters = resolve_converters(targets, options)
+    _check_run_inputs(converters, calib_data, eval_data, max_drop)
     if golden_count < 1:
         raise UsageError(f"--golden-count {golden_count}: must be at least 1")
+    if calib_size is not None and calib_size < 1:
+        raise UsageError(f"--calib-size {calib_size}: must be at least 1")
     label = model if isinstance(model, str) else (name or type(model).__name__)
     out_dir = ensure_writable_dir(Path(out) if out is not None else Path("exports") / label.replace(":", "_"))
     prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
                              num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
                              seed=seed, fold=options.fold, recipe=recipe, log=log)
+    ctx = RunContext(prepared=prepared, recipe=recipe, options=options, out_dir=out_dir,
+                     stem=label.replace(":", "_").replace("/", "_"), max_drop=max_drop, log=log)
+    if calib_data is not None and any(c.info.needs_calibration for c in converters):
+        ctx.calibration = datasets.image_folder_batch(calib_data, prepared.contract, calib_size or recipe.calibration_size,
+                                                      recipe.calibration_seed, option="--calib-data", log=log)
+        prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
+        log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
+    if eval_data is not None:
+        batch = datasets.labeled_batch(eval_data, prepared.contract, eval_size, seed,
+                                       num_classes=prepared.model_info["num_classes"], log=log)
+        ctx.evaluation = Evaluation(batch, torch_logits(prepared.canonical, batch.tensors))
     report = Report(model=prepared.model_info, contract=prepared.contract.to_dict(),
                     canonical=prepared.canonical_info, golden=prepared.golden.describe(),
                     options=options.to_dict(), recipe={"name": recipe.name, **recipe.to_dict()},
-                    out_dir=str(out_dir))
-    stem = label.replace(":", "_").replace("/", "_")
+                    out_dir=str(out_dir), evaluation=ctx.evaluation.describe() if ctx.evaluation else None)
     try:
         for conv in converters:
-            result, _ = run_target(conv, prepared, out_dir, options, recipe, stem, log)
-            report.results.append(result)
+            report.results.append(run_target(conv, ctx))
     except KeyboardInterrupt:
         report.interrupted = True
         done = {r.target for r in report.results}

@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import sha256_path, write_json_atomic, write_text_atomic
-from .errors import EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_PARITY
+from .errors import EXIT_ACCURACY, EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_PARITY
 
 PASSED = "passed"
 VALIDATION_FAILED = "validation_failed"
 EXPORT_FAILED = "export_failed"
+ACCURACY_FAILED = "accuracy_failed"
 NOT_RUN_HERE = "exported_not_run_here"
 SKIPPED = "skipped"
 
 STATUS_TEXT = {
     PASSED: "passed",
     VALIDATION_FAILED: "exported but validation failed",
+    ACCURACY_FAILED: "exported but accuracy drop over budget",
     EXPORT_FAILED: "export failed",
     NOT_RUN_HERE: "exported, not run on this host",
     SKIPPED: "not run",
@@ -51,6 +53,7 @@ class TargetResult:
     sha256: str | None = None
     runtime: str | None = None
     parity: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None
     thresholds: dict[str, Any] | None = None
     failures: list[str] = field(default_factory=list)
     reason: str | None = None
@@ -77,12 +80,13 @@ class Report:
     versions: dict[str, str] = field(default_factory=package_versions)
     results: list[TargetResult] = field(default_factory=list)
     interrupted: bool = False
+    evaluation: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
-        """Export failures first, then missing backends, then validation failures."""
+        """Export failures first, then missing backends, parity, accuracy."""
         codes = [r.exit_code for r in self.results]
-        for code in (EXIT_OTHER, EXIT_BACKEND, EXIT_PARITY):
+        for code in (EXIT_OTHER, EXIT_BACKEND, EXIT_PARITY, EXIT_ACCURACY):
             if code in codes:
                 return code
         return max(codes, default=EXIT_OK)
@@ -99,14 +103,20 @@ class Report:
                 "interrupted": self.interrupted, "model": self.model, "contract": self.contract,
                 "canonical": self.canonical, "golden": self.golden, "options": self.options,
                 "recipe": self.recipe, "versions": self.versions, "out_dir": self.out_dir,
+                "evaluation": self.evaluation,
                 "results": [r.to_dict() for r in self.results]}
 
     # ---- human forms --------------------------------------------------------------------
     def table_rows(self) -> list[list[str]]:
-        rows = [["target", "status", "size MB", "cosine", "max abs", "SQNR dB", "top-1 agree", "note"]]
+        with_acc = any(r.accuracy for r in self.results)
+        head = ["target", "status", "size MB", "cosine", "max abs", "SQNR dB", "top-1 agree"]
+        rows = [head + (["top-1", "top-5", "drop pt (95% CI)"] if with_acc else []) + ["note"]]
         for r in self.results:
-            p = r.parity or {}
+            p, a = r.parity or {}, r.accuracy or {}
             note = "; ".join(r.failures) or (r.reason or "")
+            acc_cells = ([f"{a['top1']:.2f}", f"{a['top5']:.2f}",
+                          f"{a['drop_top1']:+.2f} ({a['drop_top1_ci95'][0]:+.2f}, {a['drop_top1_ci95'][1]:+.2f})"]
+                         if a else ["-", "-", "-"]) if with_acc else []
             rows.append([
                 r.target, STATUS_TEXT.get(r.status, r.status),
                 f"{r.size_bytes / 1e6:.2f}" if r.size_bytes is not None else "-",
@@ -114,6 +124,7 @@ class Report:
                 f"{p['max_abs']:.2e}" if "max_abs" in p else "-",
                 f"{p['sqnr_db']:.1f}" if "sqnr_db" in p else "-",
                 f"{p['top1_agreement']:.3f}" if "top1_agreement" in p else "-",
+                *acc_cells,
                 note[:120],
             ])
         return rows
@@ -136,6 +147,13 @@ class Report:
             + (f"; vs original: max abs {ver['max_abs']:.2e}, cosine {ver['cosine']:.8f}" if ver else ""),
             f"golden inputs: {self.golden['count']} {self.golden['source']} images",
         ]
+        if self.evaluation:
+            ev = self.evaluation
+            lines.append(f"evaluation: {ev['count']} labeled images from {ev['source']}; reference top-1 "
+                         f"{ev['reference_top1']:.2f}, top-5 {ev['reference_top5']:.2f}")
+        if self.model.get("calibration"):
+            cal = self.model["calibration"]
+            lines.append(f"calibration: {cal['count']} images from {cal['source']} (sha256 {cal['sha256'][:16]})")
         return lines
 
     def to_markdown(self) -> str:
@@ -157,7 +175,7 @@ class Report:
             "options": self.options, "recipe": self.recipe.get("name"),
             "artifacts": [{"target": r.target, "precision": r.precision, "file": r.artifact, "sha256": r.sha256,
                            "size_bytes": r.size_bytes, "status": r.status, "thresholds": r.thresholds,
-                           "parity": r.parity} for r in self.results],
+                           "parity": r.parity, "accuracy": r.accuracy} for r in self.results],
             "exit_code": self.exit_code,
         }
 

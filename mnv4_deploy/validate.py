@@ -86,3 +86,67 @@ class ParityThresholds:
         if not metrics.top1_agreement >= self.min_top1_agreement:
             fails.append(f"top-1 agreement {metrics.top1_agreement:.3f} < {self.min_top1_agreement}")
         return fails
+
+
+# ---- accuracy on labeled images -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """Top-1/top-5 of the reference and the artifact on the same images, and the paired drop.
+
+    The drop's 95% interval is paired (same images for both): it comes from the per-image
+    differences in correctness, so a drop is always reported with its noise. McNemar's exact
+    test on the discordant images says whether the two differ at all.
+    """
+
+    count: int
+    reference_top1: float  # percent
+    reference_top5: float
+    top1: float
+    top5: float
+    drop_top1: float  # points: reference - artifact
+    drop_top1_ci95: tuple[float, float]
+    drop_top5: float
+    only_reference_right: int  # discordant pairs
+    only_artifact_right: int
+    mcnemar_p: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["drop_top1_ci95"] = list(self.drop_top1_ci95)
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in data.items()}
+
+
+def _topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return np.any(top == labels[:, None], axis=1)
+
+
+def _mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact binomial test of b vs c discordant pairs (p = 1 when none)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def accuracy(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> AccuracyResult:
+    """Paired accuracy comparison of an artifact against the reference on labeled images."""
+    labels = np.asarray(labels, dtype=np.int64)
+    ref1, out1 = _topk_correct(reference_logits, labels, 1), _topk_correct(logits, labels, 1)
+    ref5, out5 = _topk_correct(reference_logits, labels, 5), _topk_correct(logits, labels, 5)
+    n = len(labels)
+    diff = ref1.astype(np.float64) - out1.astype(np.float64)
+    mean = float(diff.mean())
+    half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else float("inf")
+    b, c = int(np.sum(ref1 & ~out1)), int(np.sum(~ref1 & out1))
+    return AccuracyResult(
+        count=n, reference_top1=100.0 * ref1.mean(), reference_top5=100.0 * ref5.mean(),
+        top1=100.0 * out1.mean(), top5=100.0 * out5.mean(), drop_top1=100.0 * mean,
+        drop_top1_ci95=(100.0 * (mean - half), 100.0 * (mean + half)),
+        drop_top5=100.0 * float(ref5.mean() - out5.mean()),
+        only_reference_right=b, only_artifact_right=c, mcnemar_p=_mcnemar_exact(b, c),
+    )
