@@ -100,6 +100,31 @@ def _sort_topologically(graph: Any) -> None:
     graph.node.extend(copies)
 
 
+def describe_onnx(path: Path) -> dict[str, Any]:
+    """What is inside an ONNX file: I/O, opset, op histogram, producer, metadata."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:
+        raise UsageError(f"{path}: not a readable ONNX model ({type(exc).__name__})", "check the file is complete") from None
+
+    def tensors(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower()})
+        return out
+
+    initializer_names = {i.name for i in proto.graph.initializer}
+    return {"format": "onnx", "opset": proto.opset_import[0].version if proto.opset_import else None,
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+            "inputs": tensors(i for i in proto.graph.input if i.name not in initializer_names),
+            "outputs": tensors(proto.graph.output), "op_histogram": op_histogram(proto),
+            "metadata": {p.key: p.value for p in proto.metadata_props}}
+
+
 def ort_runner(path: Path) -> Runner:
     """An onnxruntime CPU session; feeds one sample at a time when the batch axis is fixed."""
     import onnxruntime as ort
@@ -143,6 +168,9 @@ class OnnxConverter:
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
         return ort_runner(artifact.path)
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        return describe_onnx(path)
 
 
 _COMMON = dict(format="onnx", backend_modules=_BACKENDS, extra="onnx",

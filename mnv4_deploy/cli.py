@@ -37,6 +37,9 @@ def _guarded(fn: Callable[[], int]) -> None:
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
         raise typer.Exit(exc.exit_code) from None
+    except BrokenPipeError:  # `mnv4-deploy inspect x | head`: the reader left, not an error
+        sys.stdout = open(os.devnull, "w")
+        raise typer.Exit(0) from None
     except KeyboardInterrupt:
         _err("interrupted: no half-written artifact was left; report.json says what finished")
         raise typer.Exit(130) from None
@@ -134,6 +137,65 @@ def export_command(
 
 app.command("export")(export_command)
 export_app.command()(export_command)
+
+
+@app.command("validate")
+def validate_command(
+    artifact: Annotated[Path, typer.Argument(help="an exported artifact (.onnx, .tflite, .mlpackage, ...)")],
+    model: ModelOpt = "conv_small",
+    target: Annotated[Optional[str], typer.Option("--target", help="target name [default: from the file name]")] = None,
+    weights: WeightsOpt = None,
+    pretrained: PretrainedOpt = False,
+    data: DataOpt = None,
+    num_classes: NumClassesOpt = None,
+    img_size: ImgSizeOpt = None,
+    golden_count: Annotated[int, typer.Option("--golden-count")] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    eval_data: EvalDataOpt = None,
+    eval_size: EvalSizeOpt = None,
+    max_drop: MaxDropOpt = None,
+    quant_config: QuantOpt = "default",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="also write report.json/.md here")] = None,
+    output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
+) -> None:
+    """Re-validate an existing artifact against the model (e.g. after a vendor tool touched it)."""
+    def body() -> int:
+        from .pipeline import validate_artifact
+
+        log = (lambda _msg: None) if output is OutputFormat.json else _err
+        report = validate_artifact(artifact, model, target=target, weights=weights, pretrained=pretrained,
+                                   num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
+                                   seed=seed, eval_data=eval_data, eval_size=eval_size, max_drop=max_drop,
+                                   quant_config=quant_config, out=out, log=log)
+        if output is OutputFormat.json:
+            print(json.dumps(report.to_dict(), indent=2, default=str))
+        else:
+            print(report.format_table())
+        return report.exit_code
+    _guarded(body)
+
+
+@app.command("inspect")
+def inspect_command(
+    artifact: Annotated[Path, typer.Argument(help="an exported artifact")],
+    target: Annotated[Optional[str], typer.Option("--target", help="target name [default: from the file name]")] = None,
+) -> None:
+    """Show what is inside an artifact: format, I/O, op histogram, metadata (JSON)."""
+    def body() -> int:
+        from .errors import UsageError
+        from .registry import load_target, target_for_artifact
+
+        if not artifact.exists():
+            raise UsageError(f"{artifact}: no such artifact")
+        conv = load_target(target) if target else target_for_artifact(artifact)
+        conv.info.require_backends()
+        describe = getattr(conv, "describe", None)
+        if describe is None:
+            raise UsageError(f"target {conv.info.name} cannot describe its artifacts")
+        print(json.dumps({"target": conv.info.name, "precision": conv.info.precision, **describe(artifact)},
+                         indent=2, default=str))
+        return 0
+    _guarded(body)
 
 
 @app.command("models")

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from .artifacts import ensure_writable_dir, move_into_place, private_workdir, sh
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, UsageError
 from .preprocess import Preprocess
 from .recipes import Recipe, load_recipe
-from .registry import Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, find_targets, load_target, parse_targets
+from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, find_targets, load_target,
+                       parse_targets, target_for_artifact)
 from .report import (ACCURACY_FAILED, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT, VALIDATION_FAILED,
                      Report, TargetResult)
 
@@ -200,16 +201,20 @@ def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) 
 
 def run_target(conv: Converter, ctx: RunContext) -> TargetResult:
     """Convert one target into the output directory atomically, then judge it."""
-    info = conv.info
-    result = TargetResult(target=info.name, precision=info.precision, status=EXPORT_FAILED)
+    result = TargetResult(target=conv.info.name, precision=conv.info.precision, status=EXPORT_FAILED)
     artifact = _convert_atomically(conv, ctx, result)
     if artifact is None:
         return result
-    ctx.artifacts[info.name] = artifact
+    ctx.artifacts[conv.info.name] = artifact
+    result.metadata = artifact.metadata
+    return judge_artifact(conv, artifact, ctx, result)
+
+
+def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result: TargetResult) -> TargetResult:
+    """Run an artifact in its runtime and judge parity (and accuracy) against the reference."""
     result.artifact = artifact.path.name
     result.size_bytes = size_bytes(artifact.path)
     result.sha256 = sha256_path(artifact.path)
-    result.metadata = artifact.metadata
     started = time.perf_counter()
     try:
         runner = conv.runner(artifact)
@@ -226,7 +231,7 @@ def run_target(conv: Converter, ctx: RunContext) -> TargetResult:
     finally:
         result.seconds_validate = round(time.perf_counter() - started, 3)
     _judge(result, ctx, logits, eval_logits)
-    ctx.log(f"{info.name}: {STATUS_TEXT[result.status]} (cosine {result.parity['cosine']:.6f}, "
+    ctx.log(f"{conv.info.name}: {STATUS_TEXT[result.status]} (cosine {result.parity['cosine']:.6f}, "
             f"max abs {result.parity['max_abs']:.2e}) -> {artifact.path}")
     return result
 
@@ -266,6 +271,22 @@ def _check_run_inputs(converters: Sequence[Converter], calib_data: Any, eval_dat
             raise UsageError(f"--max-drop {max_drop}: must be between 0 and 100 (points of top-1)")
 
 
+def _evaluation(eval_data: Any, eval_size: int | None, seed: int, prepared: PreparedModel, log: Log) -> Evaluation | None:
+    if eval_data is None:
+        return None
+    batch = datasets.labeled_batch(eval_data, prepared.contract, eval_size, seed,
+                                   num_classes=prepared.model_info["num_classes"], log=log)
+    return Evaluation(batch, torch_logits(prepared.canonical, batch.tensors))
+
+
+def _new_report(ctx: RunContext) -> Report:
+    prepared, recipe = ctx.prepared, ctx.recipe
+    return Report(model=prepared.model_info, contract=prepared.contract.to_dict(), canonical=prepared.canonical_info,
+                  golden=prepared.golden.describe(), options=ctx.options.to_dict(),
+                  recipe={"name": recipe.name, **recipe.to_dict()}, out_dir=str(ctx.out_dir),
+                  evaluation=ctx.evaluation.describe() if ctx.evaluation else None)
+
+
 def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str | Path | None = None, *,
            contract: Preprocess | None = None, name: str | None = None, weights: str | Path | None = None,
            pretrained: bool = False, num_classes: int | None = None, img_size: int | None = None,
@@ -301,14 +322,8 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
                                                       recipe.calibration_seed, option="--calib-data", log=log)
         prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
         log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
-    if eval_data is not None:
-        batch = datasets.labeled_batch(eval_data, prepared.contract, eval_size, seed,
-                                       num_classes=prepared.model_info["num_classes"], log=log)
-        ctx.evaluation = Evaluation(batch, torch_logits(prepared.canonical, batch.tensors))
-    report = Report(model=prepared.model_info, contract=prepared.contract.to_dict(),
-                    canonical=prepared.canonical_info, golden=prepared.golden.describe(),
-                    options=options.to_dict(), recipe={"name": recipe.name, **recipe.to_dict()},
-                    out_dir=str(out_dir), evaluation=ctx.evaluation.describe() if ctx.evaluation else None)
+    ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
+    report = _new_report(ctx)
     try:
         for conv in converters:
             report.results.append(run_target(conv, ctx))
@@ -321,4 +336,57 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
         report.write(out_dir)
         raise
     report.write(out_dir)
+    return report
+
+
+def _check_artifact_io(description: Mapping[str, Any], prepared: PreparedModel, path: Path) -> None:
+    """Say precisely how an artifact's I/O differs from the model's, instead of a runtime crash."""
+    inputs, outputs = description.get("inputs") or [], description.get("outputs") or []
+    if inputs:
+        shape = [d for d in inputs[0]["shape"] if isinstance(d, int)]
+        expected = [3, *prepared.contract.crop_size]
+        spatial = sorted(shape[-3:]) if len(shape) >= 3 else shape
+        if len(shape) >= 3 and spatial != sorted(expected):
+            raise UsageError(f"{path.name}: input shape {inputs[0]['shape']} does not match the model's "
+                             f"{[1, *expected]} (NCHW)", "pass the --img-size the artifact was exported with")
+    if outputs:
+        dims = [d for d in outputs[0]["shape"] if isinstance(d, int)]
+        classes = prepared.model_info["num_classes"]
+        if dims and dims[-1] != classes:
+            raise UsageError(f"{path.name}: outputs {dims[-1]} classes, the model {classes}",
+                             "pass the --num-classes the artifact was exported with")
+
+
+def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str | None = None,
+                      contract: Preprocess | None = None, name: str | None = None,
+                      weights: str | Path | None = None, pretrained: bool = False, num_classes: int | None = None,
+                      img_size: int | None = None, data: str | Path | None = None, golden_count: int = 8,
+                      seed: int = 0, eval_data: str | Path | None = None, eval_size: int | None = None,
+                      max_drop: float | None = None, quant_config: str | Path = "default", fold: bool = True,
+                      out: str | Path | None = None, log: Log = print) -> Report:
+    """Re-validate an existing artifact (e.g. after a vendor tool touched it) against the model."""
+    path = Path(artifact)
+    if not path.exists():
+        raise UsageError(f"{path}: no such artifact")
+    eps = find_targets()
+    conv = load_target(target, eps) if target else target_for_artifact(path, eps)
+    conv.info.require_backends()
+    _check_run_inputs([], None, eval_data, max_drop)
+    recipe = load_recipe(quant_config)
+    prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
+                             num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
+                             seed=seed, fold=fold, recipe=recipe, log=log)
+    describe = getattr(conv, "describe", None)
+    if describe is not None:
+        _check_artifact_io(describe(path), prepared, path)
+    out_dir = ensure_writable_dir(Path(out)) if out is not None else path.parent
+    ctx = RunContext(prepared=prepared, recipe=recipe, options=ExportOptions(fold=fold), out_dir=out_dir,
+                     stem=path.stem, max_drop=max_drop, log=log)
+    ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
+    report = _new_report(ctx)
+    result = TargetResult(target=conv.info.name, precision=conv.info.precision, status=EXPORT_FAILED)
+    report.results.append(judge_artifact(conv, Artifact(conv.info.name, path, conv.info.precision), ctx, result))
+    report.results[0].artifact = str(path)
+    if out is not None:
+        report.write(out_dir)
     return report

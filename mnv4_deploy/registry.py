@@ -161,6 +161,24 @@ def parse_targets(text: str | Sequence[str], eps: Mapping[str, EntryPoint] | Non
     return names
 
 
+def target_for_artifact(path: Path, eps: Mapping[str, EntryPoint] | None = None) -> Converter:
+    """The target whose artifact suffix matches `path` best (longest suffix wins)."""
+    eps = find_targets() if eps is None else eps
+    name = path.name
+    best: Converter | None = None
+    for target in eps:
+        try:
+            conv = load_target(target, eps)
+        except TargetLoadError:
+            continue
+        if name.endswith(conv.info.suffix) and (best is None or len(conv.info.suffix) > len(best.info.suffix)):
+            best = conv
+    if best is None:
+        raise UsageError(f"{path}: no target produces files named like this",
+                         "pass --target NAME, or an artifact written by mnv4-deploy")
+    return best
+
+
 def target_rows(eps: Mapping[str, EntryPoint] | None = None) -> list[dict[str, Any]]:
     """One row per registered target for `mnv4-deploy targets` (no heavy imports)."""
     rows = []
