@@ -31,6 +31,13 @@ TRACKED_PACKAGES = ("mnv4-deploy", "torch", "timm", "numpy", "onnx", "onnxsim", 
                     "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "tensorflow-cpu", "coremltools")
 
 
+def _display_path(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # a validated artifact outside the report's directory
+        return path.as_posix()
+
+
 def package_versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
@@ -187,7 +194,7 @@ class Report:
                 continue
             root = out_dir / r.artifact
             files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-            lines += [f"{sha256_path(f)}  {f.relative_to(out_dir).as_posix()}" for f in files]
+            lines += [f"{sha256_path(f)}  {_display_path(f, out_dir)}" for f in files]
         return "".join(line + "\n" for line in lines)
 
     def write(self, out_dir: Path) -> list[Path]:
