@@ -55,6 +55,7 @@ class ExportOptions:
     simplify: bool = True
     dynamic_batch: bool = False
     fold: bool = True
+    layout: str = "nhwc"  # input layout of image-model artifacts that choose one: "nhwc" | "nchw"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -1,0 +1,46 @@
+"""Names, option checks and tool versions shared by the TFLite modules (no heavy imports)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from mnv4_deploy.errors import UsageError
+
+METADATA_NAME = "mnv4_deploy.preprocess"
+METADATA_SCHEMA = "mnv4_deploy.preprocess/1"
+LAYOUTS = ("nhwc", "nchw")
+NUM_THREADS = 2
+_PACKAGES = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
+
+
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout {layout!r} is not supported by the TFLite targets",
+                         f"use one of: {', '.join(LAYOUTS)} (nhwc is what mobile apps feed)")
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """litert-torch prints a progress tree to stdout unless told not to; restore afterwards."""
+    key, old = "LITERT_TORCH_SHOW_PROGRESS", os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
