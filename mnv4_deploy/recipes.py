@@ -20,6 +20,8 @@ from .validate import ParityThresholds
 ESTIMATORS = ("minmax", "percentile", "entropy", "mse")
 ROUNDINGS = ("nearest", "adaround")
 PRECISIONS = ("fp32", "fp16", "int8")
+EMULATION = "emulation"  # bounds for an artifact against its own PyTorch emulation (e.g. fake-quant)
+ACT_DTYPES = ("uint8", "int8")
 
 # key -> type, or a nested schema. Leaves may be a tuple of allowed values.
 _THRESHOLDS = {"min_cosine": float, "max_rel_abs": float, "min_sqnr_db": float, "min_top1_agreement": float}
@@ -27,13 +29,17 @@ SCHEMA: dict[str, Any] = {
     "name": str,
     "description": str,
     "extends": str,
-    "calibration": {"size": int, "seed": int},
-    "weights": {"bits": int, "per_channel": bool, "symmetric": bool, "rounding": ROUNDINGS},
-    "activations": {"bits": int, "estimator": ESTIMATORS, "percentile": float, "symmetric": bool},
+    # batch_size / correction_size / adaround_iterations / dtype / quantize_output: read by
+    # mnv4_deploy.quant (see quant/settings.py); documented in quant_configs/default.yaml.
+    "calibration": {"size": int, "seed": int, "batch_size": int, "correction_size": int},
+    "weights": {"bits": int, "per_channel": bool, "symmetric": bool, "rounding": ROUNDINGS,
+                "adaround_iterations": int},
+    "activations": {"bits": int, "estimator": ESTIMATORS, "percentile": float, "symmetric": bool,
+                    "dtype": ACT_DTYPES, "quantize_output": bool},
     "equalization": bool,
     "bias_correction": bool,
     "fallback": {"max_layers": int},
-    "parity": {p: _THRESHOLDS for p in PRECISIONS},
+    "parity": {p: _THRESHOLDS for p in PRECISIONS + (EMULATION,)},
 }
 REQUIRED_SECTIONS = ("calibration", "weights", "activations", "parity")
 
@@ -138,7 +144,7 @@ def load_recipe(name_or_path: str | Path = "default") -> Recipe:
     if missing:
         raise UsageError(f"recipe {name_or_path}: missing sections {', '.join(missing)}",
                          "add them or use 'extends: default'")
-    for precision in PRECISIONS:
+    for precision in PRECISIONS + (EMULATION,):
         if precision in data["parity"]:
             absent = set(_THRESHOLDS) - set(data["parity"][precision])
             if absent:

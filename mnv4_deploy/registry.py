@@ -56,6 +56,8 @@ class ExportOptions:
     dynamic_batch: bool = False
     fold: bool = True
     layout: str = "nhwc"  # input layout of image-model artifacts that choose one: "nhwc" | "nchw"
+    image_input: bool = False  # image (pixel) input with the contract's scale/bias inside, where supported (CoreML)
+    min_target: str | None = None  # oldest OS the artifact must load on, e.g. "iOS16", "macOS14" (CoreML)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -79,12 +81,19 @@ class ConvertJob:
 
 @dataclass
 class Artifact:
-    """A converter's output. `path` is a file or a directory (e.g. .mlpackage, a bundle)."""
+    """A converter's output. `path` is a file or a directory (e.g. .mlpackage, a bundle).
+
+    `emulation`, when a converter can give it, computes in PyTorch what the artifact is meant
+    to compute (e.g. the int8 plan's fake-quant model): the pipeline then also judges the
+    artifact against it, which separates "the converter expressed the recipe faithfully" from
+    "the recipe loses this much against float".
+    """
 
     target: str
     path: Path
     precision: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    emulation: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -61,6 +61,9 @@ class TargetResult:
     runtime: str | None = None
     parity: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None
+    emulation_parity: dict[str, Any] | None = None  # vs the artifact's own PyTorch emulation
+    emulation_thresholds: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
     thresholds: dict[str, Any] | None = None
     failures: list[str] = field(default_factory=list)
     reason: str | None = None
@@ -116,11 +119,14 @@ class Report:
     # ---- human forms --------------------------------------------------------------------
     def table_rows(self) -> list[list[str]]:
         with_acc = any(r.accuracy for r in self.results)
+        with_emu = any(r.emulation_parity for r in self.results)
         head = ["target", "status", "size MB", "cosine", "max abs", "SQNR dB", "top-1 agree"]
-        rows = [head + (["top-1", "top-5", "drop pt (95% CI)"] if with_acc else []) + ["note"]]
+        rows = [head + (["cos vs emulation"] if with_emu else [])
+                + (["top-1", "top-5", "drop pt (95% CI)"] if with_acc else []) + ["note"]]
         for r in self.results:
             p, a = r.parity or {}, r.accuracy or {}
-            note = "; ".join(r.failures) or (r.reason or "")
+            note = "; ".join(r.failures) or (r.reason or "") or "; ".join(r.notes)
+            emu_cells = ([f"{r.emulation_parity['cosine']:.6f}" if r.emulation_parity else "-"] if with_emu else [])
             acc_cells = ([f"{a['top1']:.2f}", f"{a['top5']:.2f}",
                           f"{a['drop_top1']:+.2f} ({a['drop_top1_ci95'][0]:+.2f}, {a['drop_top1_ci95'][1]:+.2f})"]
                          if a else ["-", "-", "-"]) if with_acc else []
@@ -131,6 +137,7 @@ class Report:
                 f"{p['max_abs']:.2e}" if "max_abs" in p else "-",
                 f"{p['sqnr_db']:.1f}" if "sqnr_db" in p else "-",
                 f"{p['top1_agreement']:.3f}" if "top1_agreement" in p else "-",
+                *emu_cells,
                 *acc_cells,
                 note[:120],
             ])

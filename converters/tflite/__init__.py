@@ -83,7 +83,12 @@ class TfliteConverter:
         meta.update({"layout": job.options.layout, "strict_export": True, "tools": versions,
                      "inputs": facts["inputs"], "outputs": facts["outputs"], "op_histogram": facts["op_histogram"],
                      "embedded_metadata": METADATA_NAME})
-        return Artifact(self.info.name, path, self.info.precision, meta)
+        emulation = None
+        if self.kind == "dynamic":  # the recipe rounds weights per channel; activations stay float
+            from mnv4_deploy.emulation import int8_weight_emulation
+
+            emulation = int8_weight_emulation(job.model)
+        return Artifact(self.info.name, path, self.info.precision, meta, emulation=emulation)
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
         return litert_runner(Path(artifact.path))
