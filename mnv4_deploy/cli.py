@@ -115,6 +115,10 @@ def export_command(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="run onnxsim")] = True,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="dynamic batch axis")] = False,
     fold: Annotated[bool, typer.Option("--fold/--no-fold", help="fold BatchNorm/LayerScale")] = True,
+    image_input: Annotated[bool, typer.Option("--image-input", help="CoreML: image (pixel) input, the contract's "
+                                              "scale/bias inside the model")] = False,
+    min_target: Annotated[Optional[str], typer.Option("--min-target", help="CoreML: oldest OS to load on, e.g. "
+                                                      "iOS16, macOS14 [default: the oldest the target allows]")] = None,
     golden_count: Annotated[int, typer.Option("--golden-count", help="golden inputs for parity")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="seed for synthetic inputs and sampling")] = 0,
     calib_data: CalibDataOpt = None,
@@ -127,7 +131,8 @@ def export_command(
     output: Annotated[OutputFormat, typer.Option("--output", help="table or json on stdout")] = OutputFormat.table,
 ) -> None:
     """Export a model to one or more targets and validate every artifact against PyTorch."""
-    options = dict(opset=opset, simplify=simplify, dynamic_batch=dynamic_batch, fold=fold)
+    options = dict(opset=opset, simplify=simplify, dynamic_batch=dynamic_batch, fold=fold, image_input=image_input,
+                   min_target=min_target)
     _guarded(lambda: _export_body(
         model, to, out, quiet, output, options, weights=weights, pretrained=pretrained, num_classes=num_classes,
         img_size=img_size, data=data, golden_count=golden_count, seed=seed, calib_data=calib_data,
