@@ -173,6 +173,41 @@ class OnnxConverter:
         return describe_onnx(path)
 
 
+class OnnxInt8Converter:
+    """Static int8 QDQ ONNX expressing the run's quantization plan (ranges not recomputed by ORT)."""
+
+    MIN_OPSET = 13  # per-channel DequantizeLinear (axis) needs opset 13
+
+    def __init__(self, info: TargetInfo):
+        self.info = info
+
+    def check_options(self, options: ExportOptions) -> None:
+        check_opset(options.opset)
+        if options.opset < self.MIN_OPSET:
+            raise UsageError(f"target onnx-int8 needs --opset {self.MIN_OPSET} or newer for per-channel weights "
+                             f"(got {options.opset})", "drop --opset or export int8 separately")
+
+    def convert(self, job: ConvertJob) -> Artifact:
+        import onnx
+
+        from mnv4_deploy.quant.onnx_qdq import export_qdq_onnx
+
+        if job.plan is None:
+            raise UsageError("target onnx-int8 needs calibration images", "pass --calib-data DIR")
+        path = job.workdir / f"{job.stem}{self.info.suffix}"
+        export_qdq_onnx(job.plan.plan, path, job.example, opset=job.options.opset)
+        proto = onnx.load(str(path))
+        meta = {"opset": job.options.opset, "form": "QDQ", "input": INPUT_NAME, "output": OUTPUT_NAME,
+                "float_layers": list(job.plan.plan.float_layers), "op_histogram": op_histogram(proto)}
+        return Artifact(self.info.name, path, self.info.precision, meta, emulation=job.plan.emulation())
+
+    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
+        return ort_runner(artifact.path)
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        return describe_onnx(path)
+
+
 _COMMON = dict(format="onnx", backend_modules=_BACKENDS, extra="onnx",
                options=("opset", "simplify", "dynamic_batch", "fold"))
 ONNX_FP32 = OnnxConverter(TargetInfo(name="onnx", precision="fp32", suffix=".onnx",
@@ -181,3 +216,7 @@ ONNX_FP32 = OnnxConverter(TargetInfo(name="onnx", precision="fp32", suffix=".onn
 ONNX_FP16 = OnnxConverter(TargetInfo(name="onnx-fp16", precision="fp16", suffix=".fp16.onnx",
                                      description="ONNX fp16 weights and compute, float32 I/O", **_COMMON),
                           fp16=True)
+ONNX_INT8 = OnnxInt8Converter(TargetInfo(
+    name="onnx-int8", format="onnx", precision="int8", suffix=".int8.onnx", backend_modules=_BACKENDS, extra="onnx",
+    needs_calibration=True, options=("opset",),
+    description="ONNX static int8 (QDQ): per-channel weights, activation ranges from the run's plan"))

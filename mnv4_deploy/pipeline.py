@@ -88,9 +88,11 @@ def prepare_model(model: "str | Any", *, contract: Preprocess | None = None, nam
         norms = models.recalibrate_batchnorm(module, [x])
         info["weights"] = f"random init, seed {RANDOM_INIT_SEED}"
         info["random_init"] = {"seed": RANDOM_INIT_SEED, "batchnorm_reestimated": norms,
+                               "batchnorm_variance_floor": "median of each norm",
                                "layer_scales_set_to_1": scales, "on": golden.source}
         log(f"weights: random init (seed {RANDOM_INIT_SEED}); {norms} BatchNorm statistics re-estimated on the "
-            f"{golden.source} golden inputs so activations are O(1); no accuracy meaning")
+            f"{golden.source} golden inputs (variances floored at each norm's median) so activations are O(1) "
+            "and well-conditioned; no accuracy meaning")
     else:
         info["weights"] = "as given"
     with torch.no_grad():
@@ -174,6 +176,7 @@ class RunContext:
     stem: str
     calibration: datasets.ImageBatch | None = None
     evaluation: Evaluation | None = None
+    plan: Any = None  # quantize.PlanStage, built once when an int8 target needs it
     max_drop: float | None = None
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     log: Log = print
@@ -186,7 +189,8 @@ def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) 
     try:
         job = ConvertJob(model=ctx.prepared.canonical, contract=ctx.prepared.contract, example=ctx.prepared.example,
                          workdir=workdir, stem=ctx.stem, options=ctx.options, recipe=ctx.recipe,
-                         calibration=ctx.calibration, upstream=ctx.artifacts.get(info.upstream or ""), log=ctx.log)
+                         calibration=ctx.calibration, upstream=ctx.artifacts.get(info.upstream or ""),
+                         plan=ctx.plan, log=ctx.log)
         artifact = conv.convert(job)
         return replace(artifact, path=move_into_place(artifact.path, ctx.out_dir / artifact.path.name))
     except Exception as exc:
@@ -241,9 +245,8 @@ def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logit
            emulated: np.ndarray | None = None) -> None:
     """Parity against the float reference, against the artifact's own emulation, then accuracy.
 
-    With random-init weights, an int8 artifact's distance from float says nothing about a
-    trained model (random networks amplify rounding error), so that bound is reported as a
-    note and the emulation bound gates instead. With real weights both gate.
+    The emulation bound (when a converter gives one) tells "the converter expressed its recipe"
+    apart from "the recipe costs this much against float"; both gate.
     """
     from .recipes import EMULATION
     from .validate import accuracy, compare
@@ -257,11 +260,6 @@ def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logit
         emu_metrics, emu_bounds = compare(emulated, logits), ctx.recipe.thresholds(EMULATION)
         result.emulation_parity, result.emulation_thresholds = emu_metrics.to_dict(), emu_bounds.to_dict()
         emulation_failures = [f"vs emulation: {f}" for f in emu_bounds.failures(emu_metrics)]
-    random_init = "random_init" in ctx.prepared.model_info
-    if float_failures and random_init and result.precision == "int8" and emulated is not None:
-        result.notes.append("float-reference bound not gated for random-init weights (" + "; ".join(float_failures)
-                            + "); judged against the recipe's emulation instead")
-        float_failures = []
     parity_failures = float_failures + emulation_failures
     over_budget = []
     if ctx.evaluation is not None and eval_logits is not None:
@@ -303,7 +301,8 @@ def _new_report(ctx: RunContext) -> Report:
     return Report(model=prepared.model_info, contract=prepared.contract.to_dict(), canonical=prepared.canonical_info,
                   golden=prepared.golden.describe(), options=ctx.options.to_dict(),
                   recipe={"name": recipe.name, **recipe.to_dict()}, out_dir=str(ctx.out_dir),
-                  evaluation=ctx.evaluation.describe() if ctx.evaluation else None)
+                  evaluation=ctx.evaluation.describe() if ctx.evaluation else None,
+                  quantization=ctx.plan.summary if ctx.plan is not None else None)
 
 
 def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str | Path | None = None, *,
@@ -325,8 +324,9 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
     recipe = load_recipe(quant_config)
     converters = resolve_converters(targets, options)
     _check_run_inputs(converters, calib_data, eval_data, max_drop)
-    if golden_count < 1:
-        raise UsageError(f"--golden-count {golden_count}: must be at least 1")
+    if golden_count < 2:
+        raise UsageError(f"--golden-count {golden_count}: must be at least 2",
+                         "random-init BatchNorm re-estimation and the parity statistics need two images or more")
     if calib_size is not None and calib_size < 1:
         raise UsageError(f"--calib-size {calib_size}: must be at least 1")
     label = model if isinstance(model, str) else (name or type(model).__name__)
@@ -342,6 +342,10 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
         prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
         log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
     ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
+    if ctx.calibration is not None:
+        from .quantize import build_plan_stage
+
+        ctx.plan = build_plan_stage(prepared.canonical, ctx.calibration, recipe, ctx.evaluation, max_drop, log)
     report = _new_report(ctx)
     try:
         for conv in converters:

@@ -29,10 +29,10 @@ SCHEMA: dict[str, Any] = {
     "name": str,
     "description": str,
     "extends": str,
-    # batch_size / correction_size / adaround_iterations / dtype / quantize_output: read by
+    # batch_size / correction_size / dense_bits / adaround_iterations / dtype / quantize_output: read by
     # mnv4_deploy.quant (see quant/settings.py); documented in quant_configs/default.yaml.
     "calibration": {"size": int, "seed": int, "batch_size": int, "correction_size": int},
-    "weights": {"bits": int, "per_channel": bool, "symmetric": bool, "rounding": ROUNDINGS,
+    "weights": {"bits": int, "dense_bits": int, "per_channel": bool, "symmetric": bool, "rounding": ROUNDINGS,
                 "adaround_iterations": int},
     "activations": {"bits": int, "estimator": ESTIMATORS, "percentile": float, "symmetric": bool,
                     "dtype": ACT_DTYPES, "quantize_output": bool},

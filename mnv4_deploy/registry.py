@@ -76,6 +76,7 @@ class ConvertJob:
     recipe: Any  # Recipe
     calibration: Any = None  # data.ImageBatch or None
     upstream: Any = None  # Artifact of `info.upstream`, when declared
+    plan: Any = None  # quantize.PlanStage: the run's one int8 plan (targets with needs_calibration)
     log: Callable[[str], None] = print
 
 

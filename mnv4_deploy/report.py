@@ -63,7 +63,6 @@ class TargetResult:
     accuracy: dict[str, Any] | None = None
     emulation_parity: dict[str, Any] | None = None  # vs the artifact's own PyTorch emulation
     emulation_thresholds: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
     thresholds: dict[str, Any] | None = None
     failures: list[str] = field(default_factory=list)
     reason: str | None = None
@@ -91,6 +90,7 @@ class Report:
     results: list[TargetResult] = field(default_factory=list)
     interrupted: bool = False
     evaluation: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None  # the run's int8 plan, sensitivity, fallback
 
     @property
     def exit_code(self) -> int:
@@ -113,7 +113,7 @@ class Report:
                 "interrupted": self.interrupted, "model": self.model, "contract": self.contract,
                 "canonical": self.canonical, "golden": self.golden, "options": self.options,
                 "recipe": self.recipe, "versions": self.versions, "out_dir": self.out_dir,
-                "evaluation": self.evaluation,
+                "evaluation": self.evaluation, "quantization": self.quantization,
                 "results": [r.to_dict() for r in self.results]}
 
     # ---- human forms --------------------------------------------------------------------
@@ -125,7 +125,7 @@ class Report:
                 + (["top-1", "top-5", "drop pt (95% CI)"] if with_acc else []) + ["note"]]
         for r in self.results:
             p, a = r.parity or {}, r.accuracy or {}
-            note = "; ".join(r.failures) or (r.reason or "") or "; ".join(r.notes)
+            note = "; ".join(r.failures) or (r.reason or "")
             emu_cells = ([f"{r.emulation_parity['cosine']:.6f}" if r.emulation_parity else "-"] if with_emu else [])
             acc_cells = ([f"{a['top1']:.2f}", f"{a['top5']:.2f}",
                           f"{a['drop_top1']:+.2f} ({a['drop_top1_ci95'][0]:+.2f}, {a['drop_top1_ci95'][1]:+.2f})"]
@@ -165,6 +165,10 @@ class Report:
             ev = self.evaluation
             lines.append(f"evaluation: {ev['count']} labeled images from {ev['source']}; reference top-1 "
                          f"{ev['reference_top1']:.2f}, top-5 {ev['reference_top5']:.2f}")
+        fallback = (self.quantization or {}).get("fallback")
+        if fallback:
+            lines.append(f"int8 fallback: {len(fallback['kept_float'])} layers kept in float "
+                         f"(simulated drop {fallback['initial_drop']:.2f} -> {fallback['final_drop']:.2f} pt)")
         if self.model.get("calibration"):
             cal = self.model["calibration"]
             lines.append(f"calibration: {cal['count']} images from {cal['source']} (sha256 {cal['sha256'][:16]})")

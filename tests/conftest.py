@@ -48,3 +48,74 @@ def make_images(folder: Path, count: int, size: tuple[int, int] = (80, 60), seed
 def image_dir(tmp_path: Path) -> Path:
     make_images(tmp_path / "images", 6)
     return tmp_path / "images"
+
+
+# ---- trained test network + quantization plans (mnv4_deploy.quant; tests/trained_net.py) ----
+# A really trained MNv4 (timm conv_small_050 on scikit-learn digits, 32x32): random weights
+# say nothing about int8 accuracy. Trained once, cached under .pytest_cache/mnv4-trained.
+
+
+@pytest.fixture(scope="session")
+def trained_digits():
+    """`trained_net.TrainedDigits`: model (eval), contract, train/calib/held-out arrays, float top-1."""
+    from trained_net import load_trained_digits
+
+    return load_trained_digits(log=lambda _: None)
+
+
+class DigitsPlans:
+    """Canonical digits model plus quantization plans built once per recipe override."""
+
+    def __init__(self, net):
+        import torch
+
+        from mnv4_deploy.canonicalize import canonicalize
+        from mnv4_deploy.recipes import load_recipe
+
+        self.net = net
+        self.canonical, _ = canonicalize(net.model, torch.from_numpy(net.x_calib[:2]))
+        self.base = load_recipe("default").to_dict()
+        self.base["calibration"]["batch_size"] = 256  # 32x32 images: fewer, larger batches are faster
+        self._plans: dict = {}
+        self._logits: dict = {}
+        with torch.no_grad():
+            self.float_logits = self.canonical(torch.from_numpy(net.x_heldout)).numpy()
+
+    def recipe(self, **overrides) -> dict:
+        """The default recipe with `section__key=value` (or `key=value`) overrides."""
+        import copy
+
+        raw = copy.deepcopy(self.base)
+        for name, value in overrides.items():
+            section, _, key = name.partition("__")
+            if key:
+                raw[section][key] = value
+            else:
+                raw[section] = value
+        return raw
+
+    def plan(self, **overrides):
+        from mnv4_deploy.quant import build_plan
+
+        key = tuple(sorted(overrides.items()))
+        if key not in self._plans:
+            self._plans[key] = build_plan(self.canonical, self.net.x_calib, self.recipe(**overrides), log=lambda _: None)
+        return self._plans[key]
+
+    def quant_logits(self, plan, x=None):
+        """Fake-quant logits on `x` (default: the held-out images, cached per plan)."""
+        import torch
+
+        if x is None and id(plan) in self._logits:
+            return self._logits[id(plan)][1]
+        data = self.net.x_heldout if x is None else x
+        with torch.no_grad():
+            logits = plan.fake_quant_model()(torch.from_numpy(data)).numpy()
+        if x is None:
+            self._logits[id(plan)] = (plan, logits)  # holding the plan keeps its id unique
+        return logits
+
+
+@pytest.fixture(scope="session")
+def digits_plans(trained_digits) -> DigitsPlans:
+    return DigitsPlans(trained_digits)

@@ -1,0 +1,81 @@
+"""Activation ranges: stream the calibration images through the float model, once or twice.
+
+Pass 1 records min/max at every quantization point; histogram estimators then need a
+second pass with fixed bin edges. Only root points are observed: shared points (after a
+reshape) take their source's grid.
+
+The model's outputs are never clipped: an estimator trades rare large values for
+resolution, but the rare large logit is the one that wins the arg-max.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .graph import QuantGraph
+from .observers import RangeObserver
+from .qparams import QParams, qparams_for_range
+from .simulate import FLOAT, batches, run_streams
+
+
+@dataclass(frozen=True)
+class ObservedRange:
+    """What calibration saw at a point and what the estimator kept."""
+
+    min: float
+    max: float
+    lo: float
+    hi: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"observed": [self.min, self.max], "clipped_to": [self.lo, self.hi]}
+
+
+def output_points(qg: QuantGraph) -> set[str]:
+    """Root points whose quantizer feeds the graph output (directly or via reshapes)."""
+    fq_point = {point.module: p for p, point in qg.points.items()}
+    out = next(n for n in qg.gm.graph.nodes if n.op == "output")
+    found, stack = set(), list(out.all_input_nodes)
+    while stack:
+        node = stack.pop()
+        if node.op == "call_module" and node.target in fq_point:
+            found.add(qg.root_point(fq_point[node.target]))
+        elif node.op in ("call_method", "call_function", "call_module") and len(node.all_input_nodes) == 1:
+            stack.extend(node.all_input_nodes)  # pass through identity/reshape-like wrappers
+    return found
+
+
+def calibrate_ranges(qg: QuantGraph, data: torch.Tensor, estimator: str, bits: int, symmetric: bool,
+                     percentile: float, dtype: str, batch_size: int,
+                     log: Callable[[str], None] = lambda _: None) -> tuple[dict[str, QParams], dict[str, ObservedRange]]:
+    """(grid per point, observation per root point); shared points copy their root's grid."""
+    roots = [p for p, point in qg.points.items() if point.shared_from is None]
+    outputs = output_points(qg)
+    observers = {p: RangeObserver("minmax" if p in outputs else estimator, bits, percentile) for p in roots}
+
+    def minmax(point: str, value: torch.Tensor) -> None:
+        if point in observers:
+            observers[point].update_minmax(value)
+
+    def histogram(point: str, value: torch.Tensor) -> None:
+        if point in observers:
+            observers[point].update_histogram(value)
+
+    passes = [minmax] + ([histogram] if any(o.needs_histogram for o in observers.values()) else [])
+    for hook in passes:
+        for batch in batches(data, batch_size):
+            run_streams(qg.gm, batch, (FLOAT,), on_point=hook)
+    grids: dict[str, QParams] = {}
+    observed: dict[str, ObservedRange] = {}
+    for p in roots:
+        obs = observers[p]
+        lo, hi = obs.range(symmetric)
+        grids[p] = qparams_for_range(lo, hi, bits, symmetric, dtype)
+        observed[p] = ObservedRange(obs.min, obs.max, lo, hi)
+    for p, point in qg.points.items():
+        if point.shared_from is not None:
+            grids[p] = grids[qg.root_point(p)]
+    log(f"calibrated {len(roots)} activation ranges ({estimator}, {len(passes)} pass(es) over {data.shape[0]} images)")
+    return grids, observed

@@ -1,0 +1,319 @@
+"""`build_plan`: from a canonical model and calibration images to a backend-independent plan.
+
+The plan is the single source of truth every emitter reads: the adjusted float model
+(after equalization and bias correction), integer weights with per-channel scales, one
+activation grid per quantization point, and which units stay in float. The order of the
+steps matters and is fixed here:
+
+1. trace and place quantizers (graph.py);
+2. cross-layer equalization + bias absorption on the float model (exact);
+3. activation ranges on the float (equalized) model (calibrate.py, observers.py);
+4. per-channel integer weights, nearest rounding (weights.py);
+5. one layer-by-layer pass, float and int8 side by side: AdaRound, then bias correction,
+   each layer seeing its upstream already quantized and corrected.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..errors import UsageError
+from ..recipes import Recipe
+from .bias_correction import BiasCorrectionStats, correct_bias
+from .calibrate import ObservedRange, calibrate_ranges, output_points
+from .equalize import EqualizationStats, absorb_biases, equalize
+from .graph import QuantGraph, build_quant_graph
+from .modules import FakeQuant, QuantWeighted, is_depthwise
+from .qparams import QParams
+from .settings import QuantSettings
+from .simulate import FLOAT, QUANT, run_streams
+from .threads import single_thread
+from .weights import adaround, bias_fit_min_scale, quantize_weight, rounding_flips
+
+Log = Callable[[str], None]
+
+
+class QuantPlan:
+    """What to quantize and how.
+
+    `fake_quant_model()` computes what an emitted QDQ graph means (DequantizeLinear ->
+    float op -> QuantizeLinear, int32 biases, per-channel weights); integer kernels agree
+    with it up to float rounding ties. Not built directly: use `build_plan`, then
+    `with_float` for fallback variants.
+    """
+
+    def __init__(self, qg: QuantGraph, settings: QuantSettings, ranges: dict[str, QParams],
+                 observed: dict[str, ObservedRange], correction_data: torch.Tensor,
+                 stats: dict[str, Any], float_units: frozenset[str] = frozenset()):
+        self._qg = qg
+        self.settings = settings
+        self._ranges = ranges
+        self.observed = observed
+        self._correction_data = correction_data
+        self.stats = stats
+        self.float_units = frozenset(float_units)
+        self._float_outputs = frozenset() if settings.quantize_output else frozenset(output_points(qg))
+        self._apply(self._qg.gm)
+
+    # ---- structure ----------------------------------------------------------------------
+    @property
+    def units(self) -> list[str]:
+        """Every switchable unit (input, layers, ops), in graph order."""
+        return list(self._qg.units)
+
+    @property
+    def layers(self) -> list[str]:
+        """Weighted layers (conv/linear), in graph order."""
+        return self._qg.layers
+
+    def unit_op(self, unit: str) -> str:
+        return self._qg.units[unit].op
+
+    @property
+    def float_layers(self) -> list[str]:
+        """Units kept in float (weights and output) by fallback."""
+        return [u for u in self._qg.units if u in self.float_units]
+
+    @property
+    def weight_scales(self) -> dict[str, np.ndarray]:
+        """Per-output-channel weight scales of every quantized layer."""
+        return {u: self._layer(u).weight_scale.numpy().copy() for u in self.layers if u not in self.float_units}
+
+    def weight_ints(self, layer: str) -> np.ndarray:
+        return self._layer(layer).weight_int.numpy().copy()
+
+    @property
+    def activation_ranges(self) -> dict[str, QParams]:
+        """The grid of every enabled quantization point (shared points included)."""
+        return {p: q for p, q in self._ranges.items() if self._point_enabled(p)}
+
+    def _layer(self, unit: str) -> QuantWeighted:
+        return self._qg.layer_module(unit)
+
+    def _point_enabled(self, point: str, float_units: Iterable[str] | None = None) -> bool:
+        """A point quantizes unless its unit is float or it is an output left float."""
+        root = self._qg.root_point(point)
+        float_units = self.float_units if float_units is None else float_units
+        return self._qg.points[root].unit not in float_units and root not in self._float_outputs
+
+    # ---- state --------------------------------------------------------------------------
+    def _apply(self, gm: fx.GraphModule, float_units: Iterable[str] | None = None) -> None:
+        """Write this plan's switches into a copy of the fake-quant graph."""
+        float_units = self.float_units if float_units is None else frozenset(float_units)
+        qg = self._qg
+        enabled = {p: self._point_enabled(p, float_units) for p in qg.points}
+        for p, point in qg.points.items():
+            gm.get_submodule(point.module).qparams = self._ranges[p] if enabled[p] else None
+        for unit in qg.units.values():
+            if unit.kind != "layer":
+                continue
+            layer = gm.get_submodule(unit.name)  # a layer unit is named by its module path
+            layer.quantized = unit.name not in float_units
+            ip = unit.input_point
+            layer.input_qparams = self._ranges[ip] if ip is not None and enabled[ip] else None
+
+    def fake_quant_model(self, float_units: Iterable[str] | None = None) -> fx.GraphModule:
+        """A torch module computing what the int8 artifact computes (eval mode, a copy).
+
+        `float_units` overrides which units stay float (for sensitivity analysis).
+        """
+        gm = copy.deepcopy(self._qg.gm)
+        self._apply(gm, float_units)
+        return gm.eval()
+
+    def reconfigure(self, fake_quant_model: fx.GraphModule, float_units: Iterable[str]) -> None:
+        """Switch a model from `fake_quant_model()` to another set of float units, in place
+        (cheaper than a new copy when trying many sets)."""
+        self._apply(fake_quant_model, float_units)
+
+    def float_model(self) -> fx.GraphModule:
+        """The float reference after equalization (same function as the canonical model)."""
+        return self.fake_quant_model(float_units=self.units)
+
+    @property
+    def model(self) -> fx.GraphModule:
+        """The adjusted float model: quantized layers hold their grid weights (dequantized)
+        and corrected biases, float layers their originals; no quantizers.
+
+        Quantizing its weights per channel with `weight_scales` reproduces the plan's
+        integers exactly, so another toolchain can start from it.
+        """
+        gm = copy.deepcopy(self._qg.gm)
+        self._apply(gm)
+        for unit in self._qg.units.values():
+            if unit.kind == "layer":
+                path = unit.name
+                layer = gm.get_submodule(path)
+                w = layer.ops.weight(layer.weight_int, layer.weight_scale) if layer.quantized else layer.weight
+                b = layer.bias_q if layer.quantized else layer.bias
+                parent, _, child = path.rpartition(".")
+                setattr(gm.get_submodule(parent) if parent else gm, child, layer.to_float_module(w, b))
+        for point in self._qg.points.values():
+            gm.add_submodule(point.module, nn.Identity())
+        gm.recompile()
+        return gm.eval()
+
+    # ---- variants -----------------------------------------------------------------------
+    def with_float(self, units: Iterable[str], recorrect: bool | None = None, log: Log | None = None) -> "QuantPlan":
+        """A copy that keeps `units` (plus those already kept) in float.
+
+        Bias correction depends on which layers upstream are quantized, so it is redone
+        (unless `recorrect` is False); integer weights and ranges are kept.
+        """
+        unknown = sorted(set(units) - set(self._qg.units))
+        if unknown:
+            raise UsageError(f"unknown quantization units: {', '.join(unknown[:5])}", "see plan.units")
+        qg = copy.deepcopy(self._qg)
+        plan = QuantPlan(qg, self.settings, self._ranges, self.observed, self._correction_data,
+                         copy.deepcopy(self.stats), self.float_units | frozenset(units))
+        if self.settings.bias_correction if recorrect is None else recorrect:
+            for name in plan.layers:
+                layer = plan._layer(name)
+                layer.bias_q = layer.bias.clone()
+            plan.stats["bias_correction"] = _layerwise(plan, adaround_layers=False, correct=True,
+                                                       log=log or (lambda _: None))["bias_correction"]
+        return plan
+
+    # ---- report -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable summary for reports."""
+        qg = self._qg
+        points = {}
+        for p, point in qg.points.items():
+            q = self._ranges[p]
+            entry: dict[str, Any] = {"unit": point.unit, "enabled": self._point_enabled(p), **q.to_dict()}
+            if point.shared_from is not None:
+                entry["shared_from"] = qg.root_point(p)
+            elif p in self.observed:
+                entry.update(self.observed[p].to_dict())
+            points[p] = entry
+        layers = {}
+        for name in self.layers:
+            layer = self._layer(name)
+            scale = layer.weight_scale
+            layers[name] = {"op": qg.units[name].op, "quantized": layer.quantized,
+                            "bits": self.settings.layer_bits(is_depthwise(layer)),
+                            "weight_scale_min": float(scale.min()), "weight_scale_max": float(scale.max()),
+                            "int32_bias": layer.quantized and layer.input_qparams is not None}
+        return {
+            "settings": self.settings.to_dict(),
+            "counts": {"units": len(qg.units), "layers": len(self.layers),
+                       "points": sum(1 for p in qg.points.values() if p.shared_from is None),
+                       "shared_points": sum(1 for p in qg.points.values() if p.shared_from is not None),
+                       "float_units": len(self.float_units)},
+            "float_units": self.float_layers,
+            "steps": self.stats,
+            "points": points,
+            "layers": layers,
+        }
+
+
+def _activation_of(qg: QuantGraph) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """layer unit -> the fused activation its output goes through (for AdaRound's target)."""
+    nodes = {n.name: n for n in qg.gm.graph.nodes}
+    acts = {}
+    for unit in qg.units.values():
+        if unit.kind == "layer" and unit.act is not None:
+            act = nodes[unit.act]
+            if act.op == "call_module":
+                acts[unit.name] = qg.gm.get_submodule(act.target)
+            elif act.op == "call_function":
+                acts[unit.name] = act.target
+            else:
+                acts[unit.name] = lambda t, m=act.target: getattr(t, m)()
+    return acts
+
+
+def _layerwise(plan: QuantPlan, adaround_layers: bool, correct: bool, log: Log) -> dict[str, Any]:
+    """The side-by-side pass: AdaRound and/or bias correction, layer after layer."""
+    s = plan.settings
+    acts = _activation_of(plan._qg)
+    bc = BiasCorrectionStats()
+    flips: dict[str, float] = {}
+    t0 = time.time()
+
+    def step(layer: nn.Module, x_float: torch.Tensor, x_quant: torch.Tensor) -> None:
+        if not layer.quantized:
+            return
+        if adaround_layers:
+            act = acts.get(layer.unit)
+            with torch.no_grad():
+                target = layer.forward_float(x_float)
+                target = act(target) if act is not None else target
+            w_int = adaround(layer.forward_with, layer.weight, layer.bias_q, layer.weight_scale,
+                             s.layer_bits(is_depthwise(layer)), x_quant, target, act, iterations=s.adaround_iterations)
+            flips[layer.unit] = rounding_flips(w_int, layer.weight, layer.weight_scale)
+            layer.set_weights(w_int, layer.weight_scale)
+        if correct:
+            correct_bias(layer, x_float, x_quant, bc)
+
+    run_streams(plan._qg.gm, plan._correction_data, (FLOAT, QUANT), before_layer=step)
+    out: dict[str, Any] = {}
+    if correct:
+        out["bias_correction"] = {**bc.to_dict(), "images": int(plan._correction_data.shape[0])}
+    if adaround_layers:
+        out["adaround"] = {"layers": len(flips), "iterations": s.adaround_iterations,
+                           "mean_flipped_fraction": float(np.mean(list(flips.values()))) if flips else 0.0}
+    log(f"layer-by-layer pass ({', '.join(out)}) over {plan._correction_data.shape[0]} images in {time.time() - t0:.1f}s")
+    return out
+
+
+def _quantize_weights(qg: QuantGraph, s: QuantSettings, ranges: Mapping[str, QParams]) -> None:
+    """Nearest-rounded per-channel weights, scales raised where an int32 bias would overflow."""
+    nodes = {n.name: n for n in qg.gm.graph.nodes}
+    with single_thread():
+        for unit in qg.units.values():
+            if unit.kind == "layer":
+                _quantize_layer(qg.gm.get_submodule(nodes[unit.node].target), unit.input_point, s, ranges)
+
+
+def _quantize_layer(layer: QuantWeighted, input_point: str | None, s: QuantSettings,
+                    ranges: Mapping[str, QParams]) -> None:
+    min_scale = None
+    if input_point is not None:
+        min_scale = bias_fit_min_scale(layer.bias, ranges[input_point].scale)
+    w_int, scale = quantize_weight(layer.weight, s.layer_bits(is_depthwise(layer)), s.per_channel, min_scale)
+    layer.set_weights(w_int, scale)
+
+
+def build_plan(model: nn.Module, calib: np.ndarray, recipe: Recipe | str | Mapping[str, Any] = "default",
+               log: Log = print) -> QuantPlan:
+    """Plan the int8 quantization of a canonical model from calibration images.
+
+    calib: (N, 3, H, W) float32, preprocessed exactly like evaluation inputs.
+    recipe: a loaded `Recipe`, a recipe name/path, or a recipe mapping.
+    """
+    settings = QuantSettings.from_recipe(recipe)
+    calib = np.asarray(calib)
+    if calib.ndim != 4 or calib.shape[0] < 1 or calib.dtype != np.float32:
+        raise UsageError(f"calibration data must be a non-empty (N, C, H, W) float32 array, got "
+                         f"{calib.dtype} {tuple(calib.shape)}")
+    data = torch.from_numpy(np.ascontiguousarray(calib))
+    t0 = time.time()
+    qg = build_quant_graph(model, data[:1])
+    stats: dict[str, Any] = {}
+    log(f"quant graph: {len(qg.units)} units, {len(qg.layers)} weighted layers, "
+        f"{sum(1 for p in qg.points.values() if p.shared_from is None)} activation points")
+    correction = data[: settings.correction_size]
+    if settings.equalization:
+        eq: EqualizationStats = equalize(qg)
+        absorb_biases(qg, data, settings.batch_size, eq)
+        stats["equalization"] = eq.to_dict()
+        log(f"equalized {len(eq.pairs)} layer pairs in {eq.iterations} iterations, "
+            f"absorbed biases of {eq.absorbed_channels} channels")
+    ranges, observed = calibrate_ranges(qg, data, settings.estimator, settings.act_bits, settings.symmetric,
+                                        settings.percentile, settings.act_dtype, settings.batch_size, log)
+    _quantize_weights(qg, settings, ranges)
+    plan = QuantPlan(qg, settings, ranges, observed, correction, stats)
+    if settings.rounding == "adaround" or settings.bias_correction:
+        plan.stats.update(_layerwise(plan, settings.rounding == "adaround", settings.bias_correction, log))
+    log(f"quant plan built in {time.time() - t0:.1f}s")
+    return plan
+
+
+__all__ = ["QuantPlan", "build_plan", "FakeQuant"]

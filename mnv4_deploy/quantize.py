@@ -1,0 +1,72 @@
+"""The int8 stage of a run: one quantization plan, shared by every int8 target.
+
+The plan is built once from the run's calibration tensors. With `--max-drop` and labeled
+data, the accuracy-aware fallback keeps the most sensitive layers in float (ranked by the
+sensitivity report) until the plan's own int8 simulation meets the budget; converters then
+express that plan natively, so all int8 targets of a run agree.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+Log = Callable[[str], None]
+SENSITIVITY_IMAGES = 32  # calibration images the sensitivity ranking runs on
+
+
+@dataclass
+class PlanStage:
+    """The shared plan plus what the report says about it."""
+
+    plan: Any  # mnv4_deploy.quant.QuantPlan
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def emulation(self) -> Callable[[np.ndarray], np.ndarray]:
+        """NCHW float32 batch -> logits of the plan's fake-quant model (what int8 artifacts compute)."""
+        import torch
+
+        model = self.plan.fake_quant_model()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+        return run
+
+
+def build_plan_stage(canonical: Any, calibration: Any, recipe: Any, evaluation: Any = None,
+                     max_drop: float | None = None, log: Log = print) -> PlanStage:
+    """Build the plan; when a drop budget and labeled data are given, fall back until it holds."""
+    from .quant import accuracy_fallback, build_plan, layer_sensitivity
+    from .validate import accuracy
+
+    started = time.perf_counter()
+    plan = build_plan(canonical, calibration.tensors, recipe, log=log)
+    summary: dict[str, Any] = {"calibration_sha256": calibration.sha256, "calibration_images": len(calibration),
+                               "recipe": recipe.name}
+    if evaluation is not None and max_drop is not None:
+        def measure(candidate: Any) -> float:
+            sim = PlanStage(candidate).emulation()
+            from .pipeline import run_chunked
+
+            logits = run_chunked(sim, evaluation.batch.tensors)
+            return accuracy(evaluation.reference_logits, logits, evaluation.batch.labels).drop_top1
+
+        drop = measure(plan)
+        summary["simulated_drop_top1"] = round(drop, 4)
+        if drop > max_drop:
+            subset = calibration.tensors[:SENSITIVITY_IMAGES]
+            ranking = layer_sensitivity(plan, subset, log=log)
+            summary["sensitivity"] = [s.to_dict() for s in ranking[:20]]
+            fallback = accuracy_fallback(plan, measure, max_drop, max_layers=recipe.section("fallback").get("max_layers"),
+                                         ranking=ranking, log=log)
+            plan = fallback.plan
+            summary["fallback"] = fallback.to_dict()
+            log(f"int8 fallback: kept {len(fallback.kept_float)} layers in float "
+                f"({', '.join(fallback.kept_float) or 'none'}) for a drop budget of {max_drop} pt")
+    summary["plan"] = plan.to_dict()
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return PlanStage(plan, summary)
