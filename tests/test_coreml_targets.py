@@ -302,17 +302,9 @@ def test_image_input_on_a_module_without_a_first_conv(tmp_path):
 
 
 # ---------------------------------------------------------------- a trained model
-def _trained(request):
-    try:
-        return request.getfixturevalue("trained_digits")
-    except pytest.FixtureLookupError:
-        trained_net = pytest.importorskip("trained_net")
-        return trained_net.load_trained_digits(log=lambda _: None)
-
-
-def test_trained_model_passes_every_target_including_int8_bounds(request, tmp_path):
+def test_trained_model_passes_every_target_including_int8_bounds(trained_digits, tmp_path):
     """A really trained MNv4 (conv_small_050 on digits, mean = std = 0.5): W8 fits the int8 bounds."""
-    net = _trained(request)
+    net = trained_digits
     report = export(net.model, TARGETS, tmp_path, contract=net.contract, name="digits", golden_count=8, **QUIET)
     assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
     w8 = report.result("coreml-w8")

@@ -104,19 +104,11 @@ def test_random_init_variants_convert_and_pass(name, layout, tmp_path):
     assert saved["options"]["layout"] == layout
 
 
-def _trained(request):
-    try:
-        return request.getfixturevalue("trained_digits")
-    except pytest.FixtureLookupError:
-        trained_net = pytest.importorskip("trained_net")
-        return trained_net.load_trained_digits(log=lambda _: None)
-
-
-def test_trained_model_passes_every_target_including_int8_bounds(request, tmp_path):
+def test_trained_model_passes_every_target_including_int8_bounds(trained_digits, tmp_path):
     """A really trained MNv4 (conv_small on digits, mean = std = 0.5): dynamic range fits int8."""
     from converters.tflite import read_embedded_contract
 
-    net = _trained(request)
+    net = trained_digits
     size = net.settings.img_size
     report = export(net.model, TARGETS, tmp_path, contract=net.contract, name="digits", golden_count=8, **QUIET)
     _, _, dyn = _check_float_targets(report, tmp_path, "nhwc", size)
