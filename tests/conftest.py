@@ -70,16 +70,18 @@ class DigitsPlans:
         import torch
 
         from mnv4_deploy.canonicalize import canonicalize
+        from mnv4_deploy.quant.threads import single_thread
         from mnv4_deploy.recipes import load_recipe
 
         self.net = net
-        self.canonical, _ = canonicalize(net.model, torch.from_numpy(net.x_calib[:2]))
+        with single_thread():  # 32x32 tensors: see one_torch_thread below
+            self.canonical, _ = canonicalize(net.model, torch.from_numpy(net.x_calib[:2]))
+            with torch.no_grad():
+                self.float_logits = self.canonical(torch.from_numpy(net.x_heldout)).numpy()
         self.base = load_recipe("default").to_dict()
         self.base["calibration"]["batch_size"] = 256  # 32x32 images: fewer, larger batches are faster
         self._plans: dict = {}
         self._logits: dict = {}
-        with torch.no_grad():
-            self.float_logits = self.canonical(torch.from_numpy(net.x_heldout)).numpy()
 
     def recipe(self, **overrides) -> dict:
         """The default recipe with `section__key=value` (or `key=value`) overrides."""
@@ -119,3 +121,19 @@ class DigitsPlans:
 @pytest.fixture(scope="session")
 def digits_plans(trained_digits) -> DigitsPlans:
     return DigitsPlans(trained_digits)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test's torch work on one thread (restored afterwards).
+
+    The digits network works on 32x32 tensors; on this shared 2-core VM a 2-thread intra-op
+    pool made such work 20-30x slower (sensitivity on 64 images: 4 s on one thread, 90-120 s
+    on two) because every small op waits for a descheduled worker.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -9,6 +10,8 @@ from mnv4_deploy.quant.equalize import EqualizationStats, _input_channel_amax, a
 from mnv4_deploy.quant.graph import build_quant_graph
 from mnv4_deploy.quant.simulate import FLOAT, run_streams
 from mnv4_deploy.validate import compare
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest: small tensors, shared VM
 
 
 def _float_out(qg, x):
@@ -43,7 +46,7 @@ def test_cle_reduces_int8_error_for_per_tensor_weights(digits_plans):
                             equalization=True, bias_correction=False)
     sqnr_plain = compare(ref, digits_plans.quant_logits(plain)).sqnr_db
     sqnr_cle = compare(ref, digits_plans.quant_logits(cle)).sqnr_db
-    assert sqnr_cle > sqnr_plain + 1.5, (sqnr_plain, sqnr_cle)  # measured 26.9 -> 30.7 dB
+    assert sqnr_cle > sqnr_plain + 1.5, (sqnr_plain, sqnr_cle)  # measured 27.4 -> 31.3 dB
 
 
 class _Pairs(nn.Module):

@@ -7,17 +7,21 @@ import pytest
 
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.quant import accuracy_fallback, layer_sensitivity, output_sqnr
+from mnv4_deploy.quant.threads import single_thread
 
-# A recipe too harsh for the budget: 6-bit activations with min-max ranges and no
-# corrections lose ~1 pt top-1 on the held-out digits; the budget is 0.5 pt.
-HARSH = dict(activations__bits=6, activations__estimator="minmax", equalization=False, bias_correction=False)
+# A recipe too harsh for the budget: 4-bit weights with min-max ranges and no corrections
+# lose ~1.7 pt top-1 on the held-out digits; the budget is 0.5 pt.
+HARSH = dict(weights__bits=4, activations__estimator="minmax", equalization=False, bias_correction=False)
 MAX_DROP = 0.5
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def harsh(digits_plans):
-    plan = digits_plans.plan(**HARSH)
-    ranking = layer_sensitivity(plan, digits_plans.net.x_calib[:64])
+    with single_thread():  # module fixtures run before the per-test one_torch_thread
+        plan = digits_plans.plan(**HARSH)
+        ranking = layer_sensitivity(plan, digits_plans.net.x_calib[:64])
     return plan, ranking
 
 
@@ -44,10 +48,11 @@ def test_fallback_meets_a_budget_the_plan_alone_misses(digits_plans, harsh):
         return net.float_top1 - net.top1(digits_plans.quant_logits(candidate, net.x_heldout))
 
     assert drop(plan) > MAX_DROP  # the situation: the budget is missed without fallback
-    result = accuracy_fallback(plan, drop, max_drop=MAX_DROP, max_layers=8, ranking=ranking, log=lambda _: None)
+    result = accuracy_fallback(plan, drop, max_drop=MAX_DROP, max_layers=8, max_tries=20, ranking=ranking,
+                               log=lambda _: None)
     assert result.met and result.final_drop <= MAX_DROP < result.initial_drop
     assert 1 <= len(result.kept_float) <= 8
-    assert result.plan.float_layers == result.kept_float
+    assert sorted(result.plan.float_layers) == sorted(result.kept_float)
     assert drop(result.plan) == pytest.approx(result.final_drop)
     assert all(s.reason for s in result.steps) and json.dumps(result.to_dict())
 

@@ -16,21 +16,25 @@ from mnv4_deploy.canonicalize import canonicalize
 from mnv4_deploy.models import build, open_layer_scales, recalibrate_batchnorm, resolve
 from mnv4_deploy.quant import build_plan
 from mnv4_deploy.quant.onnx_qdq import export_qdq_onnx, ort_session, run_session
+from mnv4_deploy.quant.threads import single_thread
 from mnv4_deploy.validate import compare
 
 RECIPE = {"calibration": {"size": 8, "batch_size": 8, "correction_size": 8},
           "weights": {"bits": 8}, "activations": {"estimator": "minmax"},
           "equalization": True, "bias_correction": False, "parity": {}}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest: small tensors, shared VM
+
 
 @pytest.fixture(scope="module")
 def hybrid():
-    torch.manual_seed(0)
-    model = build(resolve("hybrid_medium", num_classes=10, img_size=64))
-    open_layer_scales(model, 0.3)
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((24, 3, 64, 64)).astype(np.float32))
-    recalibrate_batchnorm(model, [x[:12], x[12:]])
-    canonical, _ = canonicalize(model, x[:2])
+    with single_thread():  # module fixtures run before the per-test one_torch_thread
+        torch.manual_seed(0)
+        model = build(resolve("hybrid_medium", num_classes=10, img_size=64))
+        open_layer_scales(model, 0.3)
+        x = torch.from_numpy(np.random.default_rng(0).standard_normal((24, 3, 64, 64)).astype(np.float32))
+        recalibrate_batchnorm(model, [x[:12], x[12:]])
+        canonical, _ = canonicalize(model, x[:2])
     return canonical, x.numpy()
 
 

@@ -15,14 +15,16 @@ from mnv4_deploy.validate import compare
 
 # onnxruntime's int8 kernels accumulate in integers where the fake-quant model computes in
 # float, so a value on a rounding tie can land one step apart and the step travels on.
-# Measured on the digits model (594 held-out images): SQNR ~50 dB, identical top-1, median
-# per-sample cosine 1.0, but single low-confidence samples (logit norm ~5 vs ~50 typical)
-# reach 0.99. The bounds leave room for that, not for more.
+# Measured on the digits model (594 held-out images), per estimator: SQNR 48-53 dB, top-1
+# identical, per-sample cosine median 1.0, 1st percentile >= 0.9998, worst >= 0.9993 (an
+# earlier training of the same net had one low-confidence sample at 0.985, hence the floor).
 MIN_SQNR_DB = 40.0
 MIN_MEDIAN_COSINE = 0.99999
 MIN_P01_COSINE = 0.999  # 99% of samples above this
 MIN_WORST_COSINE = 0.98
 MAX_ORT_DROP = 1.0  # top-1 points vs float on the held-out digits
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest: small tensors, shared VM
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,3 +117,16 @@ def test_sub_8_bit_activations_are_refused_for_onnx(digits_plans, tmp_path):
     with pytest.raises(UsageError, match="8-bit activations"):
         export_qdq_onnx(plan, tmp_path / "x.onnx", torch.from_numpy(digits_plans.net.x_calib[:1]))
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_fallback_plan_exports_float_layers_as_float(digits_plans, tmp_path):
+    plan = digits_plans.plan(activations__estimator="minmax")
+    kept = plan.layers[4]
+    variant = plan.with_float([kept])
+    path = export_qdq_onnx(variant, tmp_path / "fallback.onnx", torch.from_numpy(digits_plans.net.x_calib[:1]))
+    session = ort_session(path, optimized_path=tmp_path / "opt.onnx")
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearConv"] == _conv_count(digits_plans.canonical) - 2  # the float one and its int8-weight successor
+    x = digits_plans.net.x_heldout[:128]
+    parity = compare(digits_plans.quant_logits(variant, x), run_session(session, x))
+    assert parity.sqnr_db >= MIN_SQNR_DB and parity.top1_agreement >= 0.99

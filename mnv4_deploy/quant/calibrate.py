@@ -49,7 +49,8 @@ def output_points(qg: QuantGraph) -> set[str]:
 
 def calibrate_ranges(qg: QuantGraph, data: torch.Tensor, estimator: str, bits: int, symmetric: bool,
                      percentile: float, dtype: str, batch_size: int,
-                     log: Callable[[str], None] = lambda _: None) -> tuple[dict[str, QParams], dict[str, ObservedRange]]:
+                     log: Callable[[str], None] = lambda _: None
+                     ) -> tuple[dict[str, QParams], dict[str, ObservedRange]]:
     """(grid per point, observation per root point); shared points copy their root's grid."""
     roots = [p for p, point in qg.points.items() if point.shared_from is None]
     outputs = output_points(qg)

@@ -66,15 +66,18 @@ class FallbackResult:
 
 def accuracy_fallback(plan: QuantPlan, measure: Callable[[QuantPlan], float], max_drop: float,
                       max_layers: int | None = None, ranking: Sequence[Sensitivity] | None = None,
-                      data: np.ndarray | None = None, log: Callable[[str], None] = print) -> FallbackResult:
+                      data: np.ndarray | None = None, max_tries: int | None = None,
+                      log: Callable[[str], None] = print) -> FallbackResult:
     """Keep units in float, most sensitive first, until `measure(plan) <= max_drop`.
 
     ranking: a precomputed `layer_sensitivity` list; otherwise it is computed on `data`.
     max_layers: at most this many units go float (default: the recipe's fallback.max_layers).
+    max_tries: at most this many candidates are measured (default: 4 * max_layers).
     """
     if max_drop < 0:
         raise UsageError(f"max drop {max_drop} must not be negative")
     limit = plan.settings.fallback_max_layers if max_layers is None else max_layers
+    tries = 4 * limit if max_tries is None else max_tries
     if ranking is None:
         if data is None:
             raise UsageError("accuracy fallback needs a sensitivity ranking or data to compute one")
@@ -83,7 +86,7 @@ def accuracy_fallback(plan: QuantPlan, measure: Callable[[QuantPlan], float], ma
     result = FallbackResult(plan, initial, initial, max_drop, initial <= max_drop)
     log(f"fallback: drop {initial:.2f} pt with everything int8 (budget {max_drop} pt)")
     for rank, sens in enumerate(ranking):
-        if drop <= max_drop or len(result.kept_float) >= limit:
+        if drop <= max_drop or len(result.kept_float) >= limit or len(result.steps) >= tries:
             break
         if sens.unit in plan.float_units:
             continue

@@ -123,8 +123,9 @@ def export_qdq_onnx(plan: QuantPlan, path: str | Path, example: torch.Tensor, op
     """
     if weight_dtype not in WEIGHT_DTYPES:
         raise UsageError(f"weight dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    if plan.settings.weight_bits > 8:
-        raise UsageError(f"ONNX QDQ holds weights of at most 8 bits, the plan has {plan.settings.weight_bits}")
+    if plan.settings.act_bits != 8:
+        raise UsageError(f"ONNX QDQ needs 8-bit activations; this plan uses {plan.settings.act_bits}-bit",
+                         "use a recipe with activations.bits: 8 for ONNX")
     if weight_dtype == "auto":  # 7-bit GEMM weights cannot saturate int16 pair sums (255*63*2 < 2**15)
         weight_dtype = "int8" if plan.settings.dense_bits <= 7 else host_weight_dtype()
     try:

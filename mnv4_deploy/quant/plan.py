@@ -15,6 +15,7 @@ steps matters and is fixed here:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -28,7 +29,7 @@ from .bias_correction import BiasCorrectionStats, correct_bias
 from .calibrate import ObservedRange, calibrate_ranges, output_points
 from .equalize import EqualizationStats, absorb_biases, equalize
 from .graph import QuantGraph, build_quant_graph
-from .modules import FakeQuant, QuantWeighted, is_depthwise
+from .modules import QuantWeighted, is_depthwise
 from .qparams import QParams
 from .settings import QuantSettings
 from .simulate import FLOAT, QUANT, run_streams
@@ -179,6 +180,19 @@ class QuantPlan:
                                                        log=log or (lambda _: None))["bias_correction"]
         return plan
 
+    def with_quantized_output(self) -> "QuantPlan":
+        """A copy whose output points (the logits) quantize too, on their calibrated minmax grid.
+
+        Full-integer targets (TFLite int8, EdgeTPU) need every tensor on a grid; their
+        emulation must be this variant. Ranges, weights and biases are kept: the output
+        quantizer sits after the last layer, so nothing upstream changes.
+        """
+        if self.settings.quantize_output:
+            return self
+        settings = dataclasses.replace(self.settings, quantize_output=True)
+        return QuantPlan(copy.deepcopy(self._qg), settings, self._ranges, self.observed, self._correction_data,
+                         copy.deepcopy(self.stats), self.float_units)
+
     # ---- report -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable summary for reports."""
@@ -259,7 +273,8 @@ def _layerwise(plan: QuantPlan, adaround_layers: bool, correct: bool, log: Log) 
     if adaround_layers:
         out["adaround"] = {"layers": len(flips), "iterations": s.adaround_iterations,
                            "mean_flipped_fraction": float(np.mean(list(flips.values()))) if flips else 0.0}
-    log(f"layer-by-layer pass ({', '.join(out)}) over {plan._correction_data.shape[0]} images in {time.time() - t0:.1f}s")
+    images = plan._correction_data.shape[0]
+    log(f"layer-by-layer pass ({', '.join(out)}) over {images} images in {time.time() - t0:.1f}s")
     return out
 
 
@@ -316,4 +331,4 @@ def build_plan(model: nn.Module, calib: np.ndarray, recipe: Recipe | str | Mappi
     return plan
 
 
-__all__ = ["QuantPlan", "build_plan", "FakeQuant"]
+__all__ = ["QuantPlan", "build_plan"]
