@@ -124,7 +124,22 @@ def resolve_converters(targets: str | Sequence[str], options: ExportOptions) -> 
         check_options = getattr(conv, "check_options", None)
         if check_options is not None:
             check_options(options)
+    _refuse_unused_options(converters, options)
     return converters
+
+
+# ExportOptions fields every target tolerates (they change nothing a target must honour)
+_UNIVERSAL_OPTIONS = frozenset({"simplify"})
+
+
+def _refuse_unused_options(converters: Sequence[Converter], options: ExportOptions) -> None:
+    """An option no requested target honours is a mistake (e.g. --image-input with --to onnx)."""
+    for name in options.changed():
+        if name in _UNIVERSAL_OPTIONS or any(name in conv.info.options for conv in converters):
+            continue
+        flag = "--" + name.replace("_", "-")
+        raise UsageError(f"option {flag} is not used by target(s) {', '.join(c.info.name for c in converters)}",
+                         "drop it, or add a target that honours it; README, Targets, lists them")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -190,9 +205,11 @@ def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) 
         job = ConvertJob(model=ctx.prepared.canonical, contract=ctx.prepared.contract, example=ctx.prepared.example,
                          workdir=workdir, stem=ctx.stem, options=ctx.options, recipe=ctx.recipe,
                          calibration=ctx.calibration, upstream=ctx.artifacts.get(info.upstream or ""),
-                         plan=ctx.plan, log=ctx.log)
+                         plan=ctx.plan, evaluation=ctx.evaluation, model_info=ctx.prepared.model_info, log=ctx.log)
         artifact = conv.convert(job)
-        return replace(artifact, path=move_into_place(artifact.path, ctx.out_dir / artifact.path.name))
+        companions = tuple(move_into_place(p, ctx.out_dir / p.name) for p in artifact.companions)
+        return replace(artifact, path=move_into_place(artifact.path, ctx.out_dir / artifact.path.name),
+                       companions=companions)
     except Exception as exc:
         result.reason = _one_line(exc)
         result.exit_code = exc.exit_code if isinstance(exc, DeployError) else EXIT_OTHER
@@ -235,20 +252,19 @@ def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result:
         return result
     finally:
         result.seconds_validate = round(time.perf_counter() - started, 3)
-    _judge(result, ctx, logits, eval_logits, emulated)
+    _judge(result, ctx, logits, eval_logits, emulated, artifact.emulation_bounds)
     ctx.log(f"{conv.info.name}: {STATUS_TEXT[result.status]} (cosine {result.parity['cosine']:.6f}, "
             f"max abs {result.parity['max_abs']:.2e}) -> {artifact.path}")
     return result
 
 
 def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logits: np.ndarray | None,
-           emulated: np.ndarray | None = None) -> None:
+           emulated: np.ndarray | None = None, emulation_bounds: str = "emulation") -> None:
     """Parity against the float reference, against the artifact's own emulation, then accuracy.
 
     The emulation bound (when a converter gives one) tells "the converter expressed its recipe"
     apart from "the recipe costs this much against float"; both gate.
     """
-    from .recipes import EMULATION
     from .validate import accuracy, compare
 
     metrics = compare(ctx.prepared.reference_logits, logits)
@@ -257,7 +273,7 @@ def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logit
     float_failures = thresholds.failures(metrics)
     emulation_failures: list[str] = []
     if emulated is not None:
-        emu_metrics, emu_bounds = compare(emulated, logits), ctx.recipe.thresholds(EMULATION)
+        emu_metrics, emu_bounds = compare(emulated, logits), ctx.recipe.thresholds(emulation_bounds)
         result.emulation_parity, result.emulation_thresholds = emu_metrics.to_dict(), emu_bounds.to_dict()
         emulation_failures = [f"vs emulation: {f}" for f in emu_bounds.failures(emu_metrics)]
     parity_failures = float_failures + emulation_failures
@@ -312,14 +328,17 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
            calib_data: str | Path | None = None, calib_size: int | None = None,
            eval_data: str | Path | None = None, eval_size: int | None = None, max_drop: float | None = None,
            options: ExportOptions | None = None, quant_config: str | Path = "default",
-           log: Log = print) -> Report:
+           log: Log = print, step: Log | None = None, sensitivity_images: int = 0) -> Report:
     """Export `model` to every target, validate each artifact, write the report and manifest.
 
     Returns the `Report`; `report.exit_code` says whether every artifact passed. Bad input
     raises a `UsageError` (exit 2) before any file is written; a missing backend raises
     `BackendMissing` (exit 5). Calibration tensors, the labeled set and the canonical model
-    are computed once and shared by every target.
+    are computed once and shared by every target. `step`, when given, is told the name of each
+    long step as it starts (progress bars, phase timers); `sensitivity_images` > 0 adds a
+    per-layer int8 sensitivity ranking on that many calibration images to the report.
     """
+    step = step or (lambda _name: None)
     options = options or ExportOptions()
     recipe = load_recipe(quant_config)
     converters = resolve_converters(targets, options)
@@ -330,25 +349,37 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
     if calib_size is not None and calib_size < 1:
         raise UsageError(f"--calib-size {calib_size}: must be at least 1")
     label = model if isinstance(model, str) else (name or type(model).__name__)
-    out_dir = ensure_writable_dir(Path(out) if out is not None else Path("exports") / label.replace(":", "_"))
+    out_path = Path(out) if out is not None else Path("exports") / label.replace(":", "_")
+    for conv in converters:  # e.g. refuse an --out inside an existing BPU bundle, before writing anything
+        check_output_dir = getattr(conv, "check_output_dir", None)
+        if check_output_dir is not None:
+            check_output_dir(out_path)
+    out_dir = ensure_writable_dir(out_path)
+    step("prepare model")
     prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
                              num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
                              seed=seed, fold=options.fold, recipe=recipe, log=log)
     ctx = RunContext(prepared=prepared, recipe=recipe, options=options, out_dir=out_dir,
                      stem=label.replace(":", "_").replace("/", "_"), max_drop=max_drop, log=log)
     if calib_data is not None and any(c.info.needs_calibration for c in converters):
+        step("calibration images")
         ctx.calibration = datasets.image_folder_batch(calib_data, prepared.contract, calib_size or recipe.calibration_size,
                                                       recipe.calibration_seed, option="--calib-data", log=log)
         prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
         log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
+    if eval_data is not None:
+        step("evaluation reference")
     ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
-    if ctx.calibration is not None:
+    if ctx.calibration is not None and any(c.info.needs_calibration and c.info.shared_plan for c in converters):
         from .quantize import build_plan_stage
 
-        ctx.plan = build_plan_stage(prepared.canonical, ctx.calibration, recipe, ctx.evaluation, max_drop, log)
+        step("int8 plan")
+        ctx.plan = build_plan_stage(prepared.canonical, ctx.calibration, recipe, ctx.evaluation, max_drop, log,
+                                    sensitivity_images=sensitivity_images)
     report = _new_report(ctx)
     try:
         for conv in converters:
+            step(f"target {conv.info.name}")
             report.results.append(run_target(conv, ctx))
     except KeyboardInterrupt:
         report.interrupted = True

@@ -38,8 +38,12 @@ class PlanStage:
 
 
 def build_plan_stage(canonical: Any, calibration: Any, recipe: Any, evaluation: Any = None,
-                     max_drop: float | None = None, log: Log = print) -> PlanStage:
-    """Build the plan; when a drop budget and labeled data are given, fall back until it holds."""
+                     max_drop: float | None = None, log: Log = print, sensitivity_images: int = 0) -> PlanStage:
+    """Build the plan; when a drop budget and labeled data are given, fall back until it holds.
+
+    `sensitivity_images` > 0 ranks layers (on that many calibration images) even when no
+    fallback runs, so reports can show which layers int8 hurts most.
+    """
     from .quant import accuracy_fallback, build_plan, layer_sensitivity
     from .validate import accuracy
 
@@ -67,6 +71,15 @@ def build_plan_stage(canonical: Any, calibration: Any, recipe: Any, evaluation: 
             summary["fallback"] = fallback.to_dict()
             log(f"int8 fallback: kept {len(fallback.kept_float)} layers in float "
                 f"({', '.join(fallback.kept_float) or 'none'}) for a drop budget of {max_drop} pt")
+    if sensitivity_images > 0 and "sensitivity" not in summary:
+        from .quant.threads import single_thread
+
+        ranked_at = time.perf_counter()
+        with single_thread():  # many small fake-quant ops: a 2-thread pool on a busy host was 20-100x slower
+            ranking = layer_sensitivity(plan, calibration.tensors[:sensitivity_images], log=log)
+        summary["sensitivity"] = [s.to_dict() for s in ranking[:20]]
+        summary["sensitivity_images"] = min(sensitivity_images, len(calibration))
+        summary["sensitivity_seconds"] = round(time.perf_counter() - ranked_at, 2)
     summary["plan"] = plan.to_dict()
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return PlanStage(plan, summary)

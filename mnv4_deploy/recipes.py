@@ -21,6 +21,9 @@ ESTIMATORS = ("minmax", "percentile", "entropy", "mse")
 ROUNDINGS = ("nearest", "adaround")
 PRECISIONS = ("fp32", "fp16", "int8")
 EMULATION = "emulation"  # bounds for an artifact against its own PyTorch emulation (e.g. fake-quant)
+# the same, for artifacts that compute in fp16 (Core ML W8A8): fp16 re-rounds x/scale before each
+# quantize, flipping near-tie integers the fp32 emulation keeps, so the bound is wider
+EMULATION_FP16 = "emulation_fp16"
 ACT_DTYPES = ("uint8", "int8")
 
 # key -> type, or a nested schema. Leaves may be a tuple of allowed values.
@@ -39,7 +42,7 @@ SCHEMA: dict[str, Any] = {
     "equalization": bool,
     "bias_correction": bool,
     "fallback": {"max_layers": int},
-    "parity": {p: _THRESHOLDS for p in PRECISIONS + (EMULATION,)},
+    "parity": {p: _THRESHOLDS for p in PRECISIONS + (EMULATION, EMULATION_FP16)},
 }
 REQUIRED_SECTIONS = ("calibration", "weights", "activations", "parity")
 
@@ -129,6 +132,8 @@ class Recipe:
 
     def thresholds(self, precision: str) -> ParityThresholds:
         parity = self.raw["parity"]
+        if precision == EMULATION_FP16 and precision not in parity:
+            precision = EMULATION  # a user recipe that sets only `emulation` means it for both
         if precision not in parity:
             raise UsageError(f"recipe {self.name}: no parity thresholds for precision {precision!r}")
         return ParityThresholds.from_mapping(parity[precision])

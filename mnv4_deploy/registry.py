@@ -34,6 +34,7 @@ class TargetInfo:
     backend_modules: tuple[str, ...] = ()  # import names the converter needs
     extra: str = ""  # pip extra that installs them: mnv4-deploy[extra]
     needs_calibration: bool = False
+    shared_plan: bool = True  # with needs_calibration: uses the run's int8 plan (False: only the images)
     upstream: str | None = None  # target whose artifact this one is built from
     options: tuple[str, ...] = ()  # ExportOptions fields this target honours
 
@@ -58,9 +59,18 @@ class ExportOptions:
     layout: str = "nhwc"  # input layout of image-model artifacts that choose one: "nhwc" | "nchw"
     image_input: bool = False  # image (pixel) input with the contract's scale/bias inside, where supported (CoreML)
     min_target: str | None = None  # oldest OS the artifact must load on, e.g. "iOS16", "macOS14" (CoreML)
+    io_dtype: str = "float32"  # I/O tensors of full-integer artifacts: "float32" | "int8" | "uint8" (TFLite)
+    strict: bool = False  # refuse artifacts whose ops would leave the accelerator (EdgeTPU, BPU)
+    bpu_input: str = "nv12"  # hb_mapper input_type_rt: "nv12" | "rgb" | "bgr" | "featuremap" (BPU)
+    archive: bool = False  # also pack a directory artifact as a deterministic .tar.gz (BPU bundle)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def changed(self) -> list[str]:
+        """Fields set away from their defaults (the options a run explicitly asked for)."""
+        default = ExportOptions()
+        return [k for k, v in self.__dict__.items() if v != getattr(default, k)]
 
 
 @dataclass
@@ -77,6 +87,8 @@ class ConvertJob:
     calibration: Any = None  # data.ImageBatch or None
     upstream: Any = None  # Artifact of `info.upstream`, when declared
     plan: Any = None  # quantize.PlanStage: the run's one int8 plan (targets with needs_calibration)
+    evaluation: Any = None  # pipeline.Evaluation (labeled batch + reference logits) when --eval-data is given
+    model_info: dict[str, Any] = field(default_factory=dict)  # the report's model section (name, weights hash)
     log: Callable[[str], None] = print
 
 
@@ -95,6 +107,8 @@ class Artifact:
     precision: str
     metadata: dict[str, Any] = field(default_factory=dict)
     emulation: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    emulation_bounds: str = "emulation"  # recipe parity key judging it against `emulation` ("emulation_fp16": fp16 compute)
+    companions: tuple[Path, ...] = ()  # extra files moved next to `path` (e.g. a bundle's .tar.gz)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ EXPORT_FAILED = "export_failed"
 ACCURACY_FAILED = "accuracy_failed"
 NOT_RUN_HERE = "exported_not_run_here"
 SKIPPED = "skipped"
+BACKEND_MISSING = "backend_missing"
 
 STATUS_TEXT = {
     PASSED: "passed",
@@ -24,6 +25,7 @@ STATUS_TEXT = {
     EXPORT_FAILED: "export failed",
     NOT_RUN_HERE: "exported, not run on this host",
     SKIPPED: "not run",
+    BACKEND_MISSING: "backend not installed",
 }
 
 # Packages whose versions decide what an artifact contains; read from metadata, never imported.
@@ -70,9 +72,36 @@ class TargetResult:
     seconds_convert: float | None = None
     seconds_validate: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None  # benchmark timing on the host runtime (batch 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TargetResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def reproducibility(self) -> dict[str, Any]:
+        """What the converter says about re-exporting byte-identically (None: it does not say)."""
+        meta = self.metadata or {}
+        return {"reproducible": meta.get("reproducible"),
+                "reason": meta.get("reproducible_reason") or (None if "reproducible" in meta
+                                                              else "not declared by the converter")}
+
+
+def _emulated_row(target: str, v: dict[str, Any], with_emu: bool, with_acc: bool, with_lat: bool) -> list[str]:
+    """A forecast a converter measured beside its artifact (e.g. the BPU's NV12 input and
+    emulated int8): not an artifact, so no status, size or gate; parity and accuracy only."""
+    p, a = v.get("parity") or {}, v.get("accuracy") or {}
+    acc = ([f"{a['top1']:.2f}", f"{a['top5']:.2f}",
+            f"{a['drop_top1']:+.2f} ({a['drop_top1_ci95'][0]:+.2f}, {a['drop_top1_ci95'][1]:+.2f})"]
+           if a else ["-", "-", "-"]) if with_acc else []
+    note = "; ".join([v.get("label", ""), *v.get("int8_bound_failures", [])])
+    return [f"{target} [{v['name']}]", "emulated here", "-", f"{p['cosine']:.6f}" if "cosine" in p else "-",
+            f"{p['max_abs']:.2e}" if "max_abs" in p else "-", f"{p['sqnr_db']:.1f}" if "sqnr_db" in p else "-",
+            f"{p['top1_agreement']:.3f}" if "top1_agreement" in p else "-", *(["-"] if with_emu else []), *acc,
+            *(["-", "-"] if with_lat else []), note[:120]]
 
 
 @dataclass
@@ -108,6 +137,14 @@ class Report:
     def result(self, target: str) -> TargetResult:
         return next(r for r in self.results if r.target == target)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """Rebuild a report from its report.json form (merging parallel or CI parts)."""
+        known = {f.name for f in fields(cls)} - {"results"}
+        report = cls(**{k: data[k] for k in known if k in data})
+        report.results = [TargetResult.from_dict(r) for r in data.get("results", [])]
+        return report
+
     def to_dict(self) -> dict[str, Any]:
         return {"tool": "mnv4-deploy", "exit_code": self.exit_code, "passed": self.passed,
                 "interrupted": self.interrupted, "model": self.model, "contract": self.contract,
@@ -120,16 +157,21 @@ class Report:
     def table_rows(self) -> list[list[str]]:
         with_acc = any(r.accuracy for r in self.results)
         with_emu = any(r.emulation_parity for r in self.results)
+        with_lat = any(r.latency for r in self.results)
         head = ["target", "status", "size MB", "cosine", "max abs", "SQNR dB", "top-1 agree"]
         rows = [head + (["cos vs emulation"] if with_emu else [])
-                + (["top-1", "top-5", "drop pt (95% CI)"] if with_acc else []) + ["note"]]
+                + (["top-1", "top-5", "drop pt (95% CI)"] if with_acc else [])
+                + (["latency ms", "FPS"] if with_lat else []) + ["note"]]
         for r in self.results:
             p, a = r.parity or {}, r.accuracy or {}
-            note = "; ".join(r.failures) or (r.reason or "")
+            note = "; ".join(r.failures) or (r.reason or "") or "; ".join(r.metadata.get("notes", []))
             emu_cells = ([f"{r.emulation_parity['cosine']:.6f}" if r.emulation_parity else "-"] if with_emu else [])
             acc_cells = ([f"{a['top1']:.2f}", f"{a['top5']:.2f}",
                           f"{a['drop_top1']:+.2f} ({a['drop_top1_ci95'][0]:+.2f}, {a['drop_top1_ci95'][1]:+.2f})"]
                          if a else ["-", "-", "-"]) if with_acc else []
+            lat = r.latency or {}
+            lat_cells = ([f"{lat['median_ms']:.2f}", f"{lat['fps']:.0f}"] if "median_ms" in lat else ["-", "-"]
+                         ) if with_lat else []
             rows.append([
                 r.target, STATUS_TEXT.get(r.status, r.status),
                 f"{r.size_bytes / 1e6:.2f}" if r.size_bytes is not None else "-",
@@ -139,8 +181,10 @@ class Report:
                 f"{p['top1_agreement']:.3f}" if "top1_agreement" in p else "-",
                 *emu_cells,
                 *acc_cells,
+                *lat_cells,
                 note[:120],
             ])
+            rows += [_emulated_row(r.target, v, with_emu, with_acc, with_lat) for v in r.metadata.get("emulated", [])]
         return rows
 
     def format_table(self) -> str:
@@ -151,6 +195,8 @@ class Report:
         return "\n".join(lines)
 
     def summary_lines(self) -> list[str]:
+        if not self.contract:  # the model never loaded: only the rows say what happened
+            return [f"model: {self.model.get('name')}: {self.model.get('error', 'not prepared')}"]
         ver = self.canonical.get("verification") or {}
         lines = [
             f"model: {self.model['name']} ({self.model['timm_name']}), weights: {self.model['weights']}",
@@ -192,8 +238,11 @@ class Report:
             "golden_sha256": self.golden.get("sha256"), "calibration": self.model.get("calibration"),
             "options": self.options, "recipe": self.recipe.get("name"),
             "artifacts": [{"target": r.target, "precision": r.precision, "file": r.artifact, "sha256": r.sha256,
-                           "size_bytes": r.size_bytes, "status": r.status, "thresholds": r.thresholds,
-                           "parity": r.parity, "accuracy": r.accuracy} for r in self.results],
+                           "size_bytes": r.size_bytes, "status": r.status, "reason": r.reason,
+                           "exit_code": r.exit_code, "thresholds": r.thresholds, "parity": r.parity,
+                           "accuracy": r.accuracy, "latency": r.latency, "reproducibility": r.reproducibility()}
+                          for r in self.results],
+            "interrupted": self.interrupted,
             "exit_code": self.exit_code,
         }
 

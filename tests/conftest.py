@@ -63,6 +63,18 @@ def trained_digits():
     return load_trained_digits(log=lambda _: None)
 
 
+@pytest.fixture(scope="session")
+def digit_folders(trained_digits, tmp_path_factory) -> tuple[Path, Path]:
+    """(calibration folder, labeled held-out folder) of the trained digits net, as --calib-data/--eval-data."""
+    from trained_net import write_digit_images
+
+    root = tmp_path_factory.mktemp("digits")
+    net = trained_digits
+    write_digit_images(root / "calib", net.x_calib, net.contract)
+    write_digit_images(root / "eval", net.x_heldout, net.contract, net.y_heldout)
+    return root / "calib", root / "eval"
+
+
 class DigitsPlans:
     """Canonical digits model plus quantization plans built once per recipe override."""
 

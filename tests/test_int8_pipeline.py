@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from mnv4_deploy import export
 from mnv4_deploy.errors import UsageError
@@ -17,29 +15,6 @@ from mnv4_deploy.registry import ExportOptions
 
 QUIET = {"log": lambda _: None}
 INT8_BOUND = 1.0  # points of top-1 the default recipe may lose on held-out digits
-
-
-def _write(folder, images: np.ndarray, contract, labels=None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    mean = np.asarray(contract.mean, np.float32).reshape(3, 1, 1)
-    std = np.asarray(contract.std, np.float32).reshape(3, 1, 1)
-    rows = []
-    for i, x in enumerate(images):
-        pixels = np.clip(np.round((x * std + mean) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-        Image.fromarray(pixels).save(folder / f"d{i:04d}.png")
-        if labels is not None:
-            rows.append(f"d{i:04d}.png,{int(labels[i])}")
-    if labels is not None:
-        (folder / "labels.csv").write_text("file,class_index\n" + "\n".join(rows) + "\n")
-
-
-@pytest.fixture(scope="module")
-def digit_folders(trained_digits, tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    net = trained_digits
-    _write(root / "calib", net.x_calib, net.contract)
-    _write(root / "eval", net.x_heldout, net.contract, net.y_heldout)
-    return root / "calib", root / "eval"
 
 
 def test_int8_meets_the_accuracy_bound_and_follows_its_plan(trained_digits, digit_folders, tmp_path):

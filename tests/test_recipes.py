@@ -51,3 +51,15 @@ def test_malformed_recipes_are_refused_with_the_key_named(tmp_path, text, messag
 def test_missing_recipe_file():
     with pytest.raises(UsageError, match="no such file"):
         load_recipe("does/not/exist.yaml")
+
+
+def test_fp16_emulation_bounds_are_wider_and_fall_back_to_emulation(tmp_path):
+    default = load_recipe("default")
+    assert default.thresholds("emulation_fp16").min_cosine < default.thresholds("emulation").min_cosine
+    import yaml
+
+    raw = default.to_dict()
+    del raw["parity"]["emulation_fp16"]
+    raw["parity"]["emulation"]["min_cosine"] = 0.97
+    mine = load_recipe(_write(tmp_path, yaml.safe_dump(raw)))
+    assert mine.thresholds("emulation_fp16").min_cosine == 0.97

@@ -106,3 +106,24 @@ def test_readme_targets_table_matches_the_registry():
     registry = {name: load_target(name).info.precision for name in find_targets()}
     assert set(rows) == set(registry), "README targets table and registry differ"
     assert all(rows[n] == registry[n] for n in rows)
+
+
+@pytest.mark.parametrize("options, targets, flag", [
+    (dict(image_input=True), "onnx", "--image-input"),
+    (dict(layout="nchw"), "onnx,onnx-fp16", "--layout"),
+    (dict(min_target="iOS17"), "onnx", "--min-target"),
+])
+def test_an_option_no_requested_target_honours_is_refused(options, targets, flag):
+    from mnv4_deploy.pipeline import resolve_converters
+    from mnv4_deploy.registry import ExportOptions
+
+    with pytest.raises(UsageError, match=f"option {flag} is not used by target"):
+        resolve_converters(targets, ExportOptions(**options))
+
+
+def test_an_option_honoured_by_one_requested_target_is_accepted():
+    from mnv4_deploy.pipeline import resolve_converters
+    from mnv4_deploy.registry import ExportOptions
+
+    names = [c.info.name for c in resolve_converters("onnx,tflite", ExportOptions(layout="nchw"))]
+    assert names == ["onnx", "tflite"]

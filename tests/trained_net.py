@@ -189,6 +189,24 @@ def load_trained_digits(settings: TrainSettings | None = None, cache_dir: Path |
                          top1, path)
 
 
+def write_digit_images(folder: Path, images, contract, labels=None) -> None:
+    """Normalized digits tensors back to 8-bit PNGs (+ labels.csv), as a user's image folder."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mean = np.asarray(contract.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(contract.std, np.float32).reshape(3, 1, 1)
+    rows = []
+    for i, x in enumerate(images):
+        pixels = np.clip(np.round((x * std + mean) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        Image.fromarray(pixels).save(folder / f"d{i:04d}.png")
+        if labels is not None:
+            rows.append(f"d{i:04d}.png,{int(labels[i])}")
+    if labels is not None:
+        (folder / "labels.csv").write_text("file,class_index\n" + "\n".join(rows) + "\n")
+
+
 if __name__ == "__main__":
     import torch
 
@@ -197,3 +215,4 @@ if __name__ == "__main__":
     net = load_trained_digits()
     print(f"{net.settings.arch}: held-out top-1 {net.float_top1:.2f}% on {len(net.y_heldout)} images "
           f"({time.time() - t:.0f}s), weights {net.weights_path}")
+

@@ -93,6 +93,10 @@ class QuantPlan:
         """The grid of every enabled quantization point (shared points included)."""
         return {p: q for p, q in self._ranges.items() if self._point_enabled(p)}
 
+    def point_module(self, point: str) -> str:
+        """Path of the module quantizing `point` (an Identity in `model`): hook it to read the value."""
+        return self._qg.points[point].module
+
     def _layer(self, unit: str) -> QuantWeighted:
         return self._qg.layer_module(unit)
 
