@@ -111,3 +111,7 @@ TFLITE_DYNAMIC = TfliteConverter(TargetInfo(
     upstream="tflite",
     description="TFLite dynamic-range: int8 per-channel weights, float activations; ai-edge-quantizer",
     **_COMMON), kind="dynamic")
+
+from .int8_target import TFLITE_INT8, TfliteInt8Converter  # noqa: E402  (full-integer target)
+
+__all__ += ["TFLITE_INT8", "TfliteInt8Converter"]

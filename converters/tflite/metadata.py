@@ -54,6 +54,22 @@ def embed_metadata(path: Path, payload: dict[str, Any], name: str = METADATA_NAM
     path.write_bytes(_serialize(model, external, inline))
 
 
+def load_model_object(path: Path) -> tuple[Any, bool]:
+    """The mutable ModelT of a .tflite file, and whether its weights sit after the flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    raw = path.read_bytes()
+    packed = schema.Model.GetRootAs(raw, 0)
+    external = any(packed.Buffers(i).Offset() > 1 for i in range(packed.BuffersLength()))
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(raw)), external
+
+
+def save_model_object(path: Path, model: Any, external: bool) -> None:
+    """Write a ModelT back in the form it was read (metadata buffers always inline)."""
+    path.write_bytes(_serialize(model, external, {m.buffer for m in (model.metadata or [])}))
+
+
 def _round16(n: int) -> int:
     return (n + 15) & ~15
 

@@ -1,0 +1,144 @@
+"""`edgetpu`: a full-integer TFLite made for the EdgeTPU, statically checked, compiled when possible.
+
+The model is the run's plan as full-integer TFLite (the `tflite-int8` route; the run's
+`tflite-int8` artifact is reused when present), with integer I/O, static shapes, batch 1 and
+NHWC input. I/O is uint8 by default: what Coral's examples and pycoral's image adapters feed
+(camera pixels), written as a QUANTIZE uint8 -> int8 at the input and int8 -> uint8 at the
+output, which the EdgeTPU maps; `--io-dtype int8` drops those two ops.
+
+Every artifact gets the static check of converters/edgetpu_check.py (per-op table in the
+metadata: ops mapped, the first op that would fall back to CPU, and why). Where
+`edgetpu_compiler` is on PATH it also runs, `<stem>_edgetpu.tflite` is kept beside the artifact
+and its log is parsed into the same table. `--strict` turns any op left on the CPU into an error.
+The artifact itself runs here in the LiteRT interpreter (the CPU form of the same model).
+"""
+from __future__ import annotations
+
+import collections
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mnv4_deploy.errors import UsageError
+from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+
+from .tflite.int8_target import BACKENDS, embed_contract, plan_emulation, require_plan
+from .tflite.io_types import check_io_dtype
+from .tflite.runtime import describe_tflite, litert_runner
+
+DEFAULT_IO_DTYPE = "uint8"
+_IO_DTYPES = ("int8", "uint8")
+
+
+def edgetpu_io_dtype(options: ExportOptions) -> str:
+    """uint8 unless --io-dtype int8 (float32, the run default, means 'this target's default')."""
+    return DEFAULT_IO_DTYPE if options.io_dtype == "float32" else options.io_dtype
+
+
+def static_check_summary(path: Path) -> dict[str, Any]:
+    """The static checker's verdict as report data: counts, first CPU op and why, per-op rows."""
+    from .edgetpu_check import FALLS_BACK, check_tflite
+
+    report = check_tflite(path)
+    first = next((r for r in report.rows if r.index == report.first_unmapped_index), None)
+    on_cpu = collections.Counter(r.op for r in report.rows if not r.maps_to_edgetpu)
+    # ops that cannot map on their own (not merely after the first unsupported one)
+    blocking = collections.Counter(r.op for r in report.rows if any(x != FALLS_BACK for x in r.reasons)
+                                   and r.status != "cpu_boundary")
+    return {"fully_mapped": report.fully_mapped, "counts": report.counts,
+            "first_cpu_op": None if first is None else {"index": first.index, "op": first.op,
+                                                        "reasons": first.reasons},
+            "ops_on_cpu": dict(sorted(on_cpu.items())), "unsupported_ops": dict(sorted(blocking.items())),
+            "rows": [[r.index, r.op, r.status, (r.reasons or [""])[0]] for r in report.rows],
+            "table": report.format_table()}
+
+
+def compile_if_available(path: Path, job: ConvertJob) -> dict[str, Any]:
+    """Run edgetpu_compiler when installed; keep `<stem>_edgetpu.tflite` beside the artifact."""
+    from mnv4_deploy.artifacts import move_into_place
+
+    from .edgetpu_check import EdgeTpuCompilerFailed, find_edgetpu_compiler, run_edgetpu_compiler
+
+    if find_edgetpu_compiler() is None:
+        return {"ran": False, "reason": "edgetpu_compiler is not on PATH here (x86-64 Debian/Ubuntu only)"}
+    source = job.workdir / "compile" / f"{job.stem}.tflite"  # the compiler names its output <stem>_edgetpu
+    source.parent.mkdir()
+    shutil.copyfile(path, source)
+    try:
+        log = run_edgetpu_compiler(source, job.workdir / "compiled")
+    except EdgeTpuCompilerFailed as exc:
+        return {"ran": True, "succeeded": False, "error": exc.one_line(),
+                "log": exc.log.to_dict() if exc.log else None}
+    kept = move_into_place(Path(log.edgetpu_model), job.workdir.parent / f"{job.stem}_edgetpu.tflite")
+    return {"ran": True, "succeeded": True, "compiled_model": kept.name, "log": log.to_dict(),
+            "table": log.format_table()}
+
+
+class EdgeTpuConverter:
+    """Full-integer, integer-I/O TFLite for the EdgeTPU, with the static check in its metadata."""
+
+    def __init__(self, info: TargetInfo):
+        self.info = info
+
+    def check_options(self, options: ExportOptions) -> None:
+        if options.layout != "nhwc":
+            raise UsageError(f"target edgetpu needs NHWC input (got --layout {options.layout}): an input "
+                             "TRANSPOSE would leave the accelerator", "drop --layout for the edgetpu target")
+        if options.io_dtype != "float32":
+            check_io_dtype(options.io_dtype, _IO_DTYPES, self.info.name)
+        if options.dynamic_batch:
+            raise UsageError("target edgetpu needs static shapes and batch 1", "drop --dynamic-batch")
+
+    def _model(self, job: ConvertJob, plan: Any, path: Path, io_dtype: str) -> dict[str, Any]:
+        """Reuse the run's tflite-int8 artifact (same plan, same route) or build the model."""
+        from .tflite.io_types import set_io_dtype
+
+        up = job.upstream
+        if up is not None and up.metadata.get("layout") == "nhwc" and Path(up.path).is_file():
+            shutil.copyfile(up.path, path)
+            set_io_dtype(path, io_dtype)
+            keep = ("route", "quantization", "plan_ranges")
+            return {**{k: up.metadata[k] for k in keep if k in up.metadata}, "io_dtype": io_dtype,
+                    "full_integer_source": f"this run's {up.target} artifact {Path(up.path).name}"}
+        from .tflite.full_integer import build_full_integer
+
+        meta = build_full_integer(plan, job.calibration.tensors, job.example, path, "nhwc", io_dtype, job.log)
+        return {**meta, "full_integer_source": "converted for this target"}
+
+    def convert(self, job: ConvertJob) -> Artifact:
+        plan = require_plan(job, self.info.name)
+        path = job.workdir / f"{job.stem}{self.info.suffix}"
+        meta = self._model(job, plan, path, edgetpu_io_dtype(job.options))
+        meta.update(embed_contract(path, job, self.info, "nhwc"))
+        check = static_check_summary(path)
+        meta["edgetpu_static_check"] = check
+        if job.options.strict and not check["fully_mapped"]:
+            first = check["first_cpu_op"]
+            raise UsageError(f"--strict: ops the EdgeTPU cannot run: "
+                             f"{', '.join(f'{op} x{n}' for op, n in check['unsupported_ops'].items())}; first "
+                             f"#{first['index']} {first['op']} ({first['reasons'][0]}), so "
+                             f"{check['counts']['on_cpu']} of {check['counts']['ops']} ops would run on the CPU",
+                             "use a conv variant, or drop --strict to accept the CPU fallback")
+        compiled = compile_if_available(path, job)
+        meta["edgetpu_compiler"] = compiled
+        if job.options.strict and compiled.get("succeeded") and compiled["log"].get("ops_on_cpu"):
+            raise UsageError(f"--strict: edgetpu_compiler left {compiled['log']['ops_on_cpu']} op(s) on the CPU",
+                             "see the compiler table in the report, or drop --strict")
+        mapped = check["counts"]["on_edgetpu"]
+        job.log(f"edgetpu static check: {mapped}/{check['counts']['ops']} ops map to the EdgeTPU"
+                + ("" if check["fully_mapped"] else f"; first CPU op #{check['first_cpu_op']['index']} "
+                                                    f"{check['first_cpu_op']['op']}"))
+        return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
+
+    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
+        return litert_runner(Path(artifact.path))
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        return describe_tflite(Path(path))
+
+
+EDGETPU = EdgeTpuConverter(TargetInfo(
+    name="edgetpu", format="tflite", precision="int8", suffix=".edgetpu.tflite", backend_modules=BACKENDS,
+    extra="tflite", needs_calibration=True, upstream="tflite-int8", options=("io_dtype", "strict", "fold"),
+    description="EdgeTPU full-integer TFLite (uint8 I/O unless --io-dtype int8, NHWC, batch 1), statically "
+                "checked op by op; compiled with edgetpu_compiler when installed"))

@@ -1,0 +1,107 @@
+"""Full-integer TFLite that expresses the run's quantization plan (ai-edge-quantizer route).
+
+Steps, and why each:
+1. convert the plan's adjusted float model (`QuantPlan.model`: grid weights, corrected biases)
+   with litert-torch, strict export (clean int8 residual ADDs later);
+2. match its tensors to the plan's points (plan_ranges.py) and hand the quantizer the plan's
+   ranges as its calibration result: `recipe.static_wi8_ai8()` then writes per-channel int8
+   weights (re-derived from grid weights, so the plan's integers come back) and int8
+   activations on the plan's grids; only tensors the plan has no point for keep the
+   quantizer's own min/max from a few calibration images;
+3. set the I/O type (io_types.py) and refuse a model that still computes anything in float,
+   naming the op (GELU and friends stay float in ai-edge-quantizer).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mnv4_deploy.errors import DeployError, UsageError
+
+from .convert import export_float_tflite
+from .io_types import set_io_dtype
+from .plan_ranges import calibration_result, capture_point_values, float_tensor_values, grid_agreement, match_tensors
+
+QUANTIZER_IMAGES = 16  # images the quantizer calibrates on, for tensors the plan has no point for
+QUANTIZATION = ("ai_edge_quantizer recipe.static_wi8_ai8 (per-channel int8 weights, int8 activations) with "
+                "the plan's activation ranges as its calibration result")
+
+
+def check_plan_full_integer(plan: Any, target: str) -> None:
+    """A plan that keeps layers in float (accuracy fallback) cannot become a full-integer model."""
+    if plan.float_layers:
+        shown = ", ".join(plan.float_layers[:4]) + (" ..." if len(plan.float_layers) > 4 else "")
+        raise UsageError(f"target {target} is full-integer, but the run's plan keeps {len(plan.float_layers)} "
+                         f"unit(s) in float ({shown})",
+                         "raise --max-drop or drop --eval-data/--max-drop for this target; onnx-int8 can keep them")
+
+
+def _signature(path: Path) -> tuple[str, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    key, io_names = next(iter(Interpreter(model_path=str(path)).get_signature_list().items()))
+    return key, io_names["inputs"][0]
+
+
+def _quantizer_calibration(float_path: Path, recipe: Any, calib: np.ndarray, layout: str) -> dict[str, Any]:
+    from ai_edge_quantizer import quantizer
+
+    key, name = _signature(float_path)
+    images = calib[:QUANTIZER_IMAGES]
+    samples = [{name: np.ascontiguousarray(x[None].transpose(0, 2, 3, 1) if layout == "nhwc" else x[None])}
+               for x in images]
+    q = quantizer.Quantizer(float_path.read_bytes(), recipe)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return q.calibrate({key: samples}, num_threads=2)
+
+
+def float_ops(path: Path) -> list[str]:
+    """Ops that compute in float, other than the float I/O conversions at the boundary."""
+    from converters.edgetpu_check import read_tflite
+
+    graph = read_tflite(path)
+    found = []
+    for op in graph.ops:
+        boundary = (op.op == "QUANTIZE" and op.inputs[0].index in graph.input_indices) or (
+            op.op == "DEQUANTIZE" and all(t.index in graph.output_indices for t in op.outputs))
+        floats = [t for t in (*op.inputs, *op.outputs) if not t.is_constant and t.dtype in ("FLOAT32", "FLOAT16")]
+        if floats and not boundary:
+            found.append(f"#{op.index} {op.op} ({floats[0].name.split('/')[-1][-60:]} is {floats[0].dtype})")
+    return found
+
+
+def build_full_integer(plan: Any, calib: np.ndarray, example: Any, path: Path, layout: str, io_dtype: str,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the full-integer .tflite of `plan` to `path`; return facts for the artifact metadata."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    started = time.perf_counter()
+    torch_values = capture_point_values(plan, calib[:1])  # before litert work slows PyTorch down
+    float_path = path.with_name(path.stem + ".plan-float.tflite")
+    facts = export_float_tflite(plan.model, example, float_path, layout)
+    match = match_tensors(float_tensor_values(float_path, calib[:1], layout), torch_values)
+    static = recipe.static_wi8_ai8()
+    ranges = plan.activation_ranges
+    calibration = calibration_result(match, ranges, _quantizer_calibration(float_path, static, calib, layout))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        result = quantizer.Quantizer(float_path.read_bytes(), static).quantize(calibration)
+    if result.quantized_model is None:
+        raise DeployError("ai-edge-quantizer returned no model for the static int8 recipe")
+    path.write_bytes(bytes(result.quantized_model))
+    grids = grid_agreement(path, match, ranges)
+    left = float_ops(path)
+    if left:
+        raise UsageError(f"cannot make the model full-integer: {len(left)} op(s) stay float, first {left[0]}",
+                         "replace the op (e.g. GELU by ReLU) or use tflite-dynamic / onnx-int8")
+    set_io_dtype(path, io_dtype)
+    log(f"full-integer tflite: {len(match.points)} tensors on the plan's ranges, "
+        f"{len(match.unmatched_tensors)} calibrated by the quantizer, {grids['tensors_off_plan_grid']} off-grid")
+    return {"route": f"{facts['route']} of the plan's adjusted float model -> ai_edge_quantizer static int8",
+            "quantization": QUANTIZATION, "io_dtype": io_dtype,
+            "plan_ranges": {**match.summary(), **grids, "quantizer_images": min(len(calib), QUANTIZER_IMAGES)},
+            "seconds_full_integer": round(time.perf_counter() - started, 3)}

@@ -1,0 +1,97 @@
+"""`tflite-int8`: full-integer TFLite of the run's quantization plan, run by the LiteRT interpreter.
+
+The plan is the run's one plan; full-integer needs the logits on a grid too, so the artifact
+and its emulation both use `QuantPlan.with_quantized_output()` (same ranges and weights, output
+point enabled). float32 I/O by default (QUANTIZE/DEQUANTIZE at the boundary); `--io-dtype
+int8|uint8` gives integer I/O, which the generic runner feeds with the tensors' scale/zero point.
+"""
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mnv4_deploy.errors import UsageError
+from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+
+from .common import check_layout, tool_versions
+from .io_types import IO_DTYPES, check_io_dtype
+from .metadata import contract_payload, embed_metadata
+from .runtime import describe_tflite, litert_runner, open_interpreter
+
+BACKENDS = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
+_FULL_INTEGER: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def full_integer_plan(plan: Any) -> Any:
+    """The run's plan with its output quantized, made once per plan and shared by both targets."""
+    if plan not in _FULL_INTEGER:
+        _FULL_INTEGER[plan] = plan.with_quantized_output()
+    return _FULL_INTEGER[plan]
+
+
+def plan_emulation(plan: Any) -> Callable[[np.ndarray], np.ndarray]:
+    from mnv4_deploy.quantize import PlanStage
+
+    return PlanStage(plan).emulation()
+
+
+def require_plan(job: ConvertJob, target: str) -> Any:
+    """The full-integer variant of the run's plan; a clear error when there is no plan."""
+    from .full_integer import check_plan_full_integer
+
+    if job.plan is None or job.calibration is None:
+        raise UsageError(f"target {target} needs calibration images", "pass --calib-data DIR")
+    check_plan_full_integer(job.plan.plan, target)
+    return full_integer_plan(job.plan.plan)
+
+
+def embed_contract(path: Path, job: ConvertJob, info: TargetInfo, layout: str) -> dict[str, Any]:
+    """Embed the preprocessing contract and return the artifact's I/O facts and tool versions."""
+    shape = [int(d) for d in open_interpreter(path).get_input_details()[0]["shape"]]
+    versions = tool_versions()
+    embed_metadata(path, contract_payload(job.contract, layout, shape,
+                                          {"model": job.stem, "target": info.name, "precision": info.precision,
+                                           "producer": "mnv4-deploy", "tools": versions}))
+    facts = describe_tflite(path)
+    return {"layout": layout, "strict_export": True, "tools": versions, "inputs": facts["inputs"],
+            "outputs": facts["outputs"], "op_histogram": facts["op_histogram"]}
+
+
+class TfliteInt8Converter:
+    """Full-integer TFLite (int8 weights per channel, int8 activations) of the run's plan."""
+
+    def __init__(self, info: TargetInfo):
+        self.info = info
+
+    def check_options(self, options: ExportOptions) -> None:
+        check_layout(options.layout)
+        check_io_dtype(options.io_dtype, IO_DTYPES, self.info.name)
+        if options.dynamic_batch:
+            raise UsageError(f"target {self.info.name} has a fixed batch of 1 (the runner loops over samples)",
+                             "export the TFLite targets without --dynamic-batch")
+
+    def convert(self, job: ConvertJob) -> Artifact:
+        from .full_integer import build_full_integer
+
+        plan = require_plan(job, self.info.name)
+        path = job.workdir / f"{job.stem}{self.info.suffix}"
+        meta = build_full_integer(plan, job.calibration.tensors, job.example, path, job.options.layout,
+                                  job.options.io_dtype, job.log)
+        meta.update(embed_contract(path, job, self.info, job.options.layout))
+        return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
+
+    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
+        return litert_runner(Path(artifact.path))
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        return describe_tflite(Path(path))
+
+
+TFLITE_INT8 = TfliteInt8Converter(TargetInfo(
+    name="tflite-int8", format="tflite", precision="int8", suffix=".int8.tflite", backend_modules=BACKENDS,
+    extra="tflite", needs_calibration=True, options=("layout", "io_dtype", "fold"),
+    description="TFLite full-integer: int8 per-channel weights and int8 activations on the run's plan; "
+                "float32 I/O unless --io-dtype int8|uint8"))
