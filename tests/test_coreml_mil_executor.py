@@ -253,6 +253,23 @@ def _quantize_uint8(x):
     return mb.cast(x=q, dtype="fp32")
 
 
+def _w8a8_activation(x):
+    """The form coreml-int8 writes: per-tensor quantize (int8, zero point), reshape of the ints, dequantize."""
+    q = mb.quantize(input=x, scale=np.float32(0.05), zero_point=np.int8(-3), output_dtype="int8")
+    q = mb.reshape(x=q, shape=[1, 6, 9])
+    return mb.dequantize(input=q, scale=np.float32(0.05), zero_point=np.int8(-3))
+
+
+def _w8a8_activation_ref(x):
+    return ((_quantize_ref(x, np.float32(0.05), -3, np.int8).astype(np.float32) + 3) * np.float32(0.05)).reshape(1, 6, 9)
+
+
+def _w8a8_relu_uint8(x):
+    """A ReLU output on a uint8 grid without zero point (MIL drops an all-zero zero point)."""
+    q = mb.quantize(input=mb.relu(x=x), scale=np.float32(0.01), output_dtype="uint8")
+    return mb.dequantize(input=q, scale=np.float32(0.01))
+
+
 AFFINE_REF = (Q8.astype(np.float32) - ZP8[:, None, None, None]) * S6[:, None, None, None]
 BLOCK8_REF = np.repeat(BLOCK_S, 2, 1) * (Q8.astype(np.float32) - np.repeat(BLOCK_OFF, 2, 1))
 BLOCK4_REF = S6.reshape(6, 1, 1, 1) * Q4.astype(np.float32)
@@ -315,6 +332,10 @@ BUILDER_CASES = {
                                   [(1, 4, 8, 8)], _avg_same, None),
     "quantize_dequantize": (_quant_dequant, [QX], _quant_dequant_ref, None),
     "quantize_uint8": (_quantize_uint8, [QX], lambda x: _quantize_ref(x, 0.02, 128, np.uint8), None),
+    "w8a8_activation_int8_zp_reshape": (_w8a8_activation, [QX], _w8a8_activation_ref, None),
+    "w8a8_relu_uint8_saturates": (_w8a8_relu_uint8, [QX],
+                                  lambda x: _quantize_ref(np.maximum(x, 0), np.float32(0.01), 0, np.uint8) * np.float32(0.01),
+                                  None),
     "constexpr_affine_dequantize": (
         _plus_const(lambda: mb.constexpr_affine_dequantize(quantized_data=Q8, zero_point=ZP8, scale=S6, axis=0)),
         [Q8.shape], lambda x: x + AFFINE_REF, "iOS17"),
@@ -408,6 +429,39 @@ def test_fp16_rounds_after_every_op(tmp_path):
     (got,) = _run(executor, x)
     np.testing.assert_array_equal(got, expected)
     assert not np.array_equal(got, x * 3.3 + 1000.1)
+
+
+def test_w8a8_fp16_chain_is_bit_exact(tmp_path):
+    """quantize/dequantize in an fp16 program around a conv with int8 per-channel weights.
+
+    The executor widens fp16 to fp32, divides by the (fp16) scale, rounds half to even and
+    saturates (MIL: clip(round(x / scale) + zero_point)); results round to fp16 after each op.
+    Core ML's own tie rule on device is not observable on Linux.
+    """
+    scale16, wscale16 = np.float16(0.0625), (S6 * 4).astype(np.float16)
+
+    def build(x):
+        h = mb.cast(x=x, dtype="fp16")
+        q = mb.quantize(input=h, scale=scale16, zero_point=np.int8(2), output_dtype="int8")
+        h = mb.dequantize(input=q, scale=scale16, zero_point=np.int8(2))
+        w = mb.constexpr_blockwise_shift_scale(data=Q8, scale=wscale16.reshape(6, 1, 1, 1))
+        h = mb.relu(x=mb.conv(x=h, weight=w, pad_type="same"))
+        q = mb.quantize(input=h, scale=np.float16(0.5), output_dtype="uint8")
+        return mb.cast(x=mb.dequantize(input=q, scale=np.float16(0.5)), dtype="fp32")
+
+    executor = _builder_package(build, [(1, 4, 5, 5)], tmp_path / "m.mlpackage")
+    x = np.random.default_rng(4).standard_normal((1, 4, 5, 5)).astype(np.float32) * 4
+    x[0, 0, 0, :3] = [0.03125, 0.09375, 100.0]  # ties (0.5, 1.5 steps) and saturation
+    f16 = lambda v: np.asarray(v, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
+    h = f16((_quantize_ref(f16(x) / np.float32(scale16), 1, 2, np.int8).astype(np.float32) - 2) * np.float32(scale16))
+    w = f16(Q8.astype(np.float32) * wscale16.astype(np.float32).reshape(6, 1, 1, 1))
+    conv = f16(np.maximum(f16(F.conv2d(torch.from_numpy(h), torch.from_numpy(w), padding=1).numpy()), 0))
+    expected = f16(_quantize_ref(conv / np.float32(0.5), 1, 0, np.uint8).astype(np.float32) * np.float32(0.5))
+    (got,) = _run(executor, x)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=np.float32(0.5) + 1e-6)  # at most one uint8 step
+    assert np.mean(got == expected) > 0.95  # and almost everywhere bit-exact (conv sum order aside)
+    assert got[0, 0, 0, 0] >= 0 and np.unique(got / 0.5 % 1).tolist() == [0.0]  # on the output grid
+    assert executor.op_types["quantize"] == 2 and "constexpr_blockwise_shift_scale" not in executor.op_types
 
 
 # ---------------------------------------------------------------- end to end

@@ -9,6 +9,13 @@ I/O, the preprocessing contract and class names in its metadata, and stable byte
 - `coreml-w8`: the fp16 program with int8 linear-symmetric per-output-channel weights
   (`coremltools.optimize.coreml.linear_quantize_weights`), precision "int8"; it rewrites the
   run's `coreml` artifact when there is one.
+- `coreml-int8`: W8A8, the run's int8 plan written into the program (`w8a8.py`): the plan's
+  integer weights and activation grids, fp16 compute, iOS17+; judged against float and
+  against the plan's fake-quant model.
+
+Every package's metadata carries the compute-unit report (`compute_units.py`: Core ML's
+compute plan on macOS, the reason it is unavailable elsewhere) and, where the program holds
+attention, GELU or int8 activations, notes on what the Neural Engine runs badly.
 
 Options: `image_input` gives the model an `ImageType` input (pixels in, the contract's
 scale/bias inside the model, per-channel std compensated exactly); `min_target` sets the
@@ -18,18 +25,21 @@ elsewhere. Importing this package imports neither coremltools nor torch.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
-from .convert import (CONTRACT_KEY, IMAGE_INPUT_NAME, INPUT_NAME, LABELS_KEY, OUTPUT_NAME, annotate, convert_float,
-                      coremltools, image_input_for, quantize_w8, save_package, with_channel_ratios)
-from .deployment import ML_PROGRAM, TARGETS, W8_PER_CHANNEL, Feature, check_min_target, minimum_name
-from .runtime import LINUX_RUNTIME, coreml_runner, describe_mlpackage, read_embedded_contract, to_pixels
+from .compute_units import compute_unit_report, neural_engine_notes
+from .convert import (CONTRACT_KEY, IMAGE_INPUT_NAME, INPUT_NAME, LABELS_KEY, OUTPUT_NAME, PREFIX, annotate,
+                      convert_float, coremltools, image_input_for, quantize_w8, save_package, with_channel_ratios)
+from .deployment import A8_ACTIVATIONS, ML_PROGRAM, TARGETS, W8_PER_CHANNEL, Feature, check_min_target, minimum_name
+from .runtime import LINUX_RUNTIME, coreml_runner, describe_mlpackage, read_embedded_contract, spec_op_histogram, to_pixels
+from .w8a8 import convert_plan, verify_plan_weights
 
-__all__ = ["COREML_FP16", "COREML_FP32", "COREML_W8", "CoremlConverter", "describe_mlpackage", "coreml_runner",
+__all__ = ["COREML_FP16", "COREML_FP32", "COREML_W8", "COREML_INT8", "CoremlConverter", "NOTES_KEY", "describe_mlpackage", "coreml_runner",
            "read_embedded_contract", "image_input_for", "with_channel_ratios", "to_pixels", "TARGETS",
            "CONTRACT_KEY", "LABELS_KEY", "INPUT_NAME", "IMAGE_INPUT_NAME", "OUTPUT_NAME", "LINUX_RUNTIME"]
 
@@ -38,13 +48,19 @@ REPRODUCIBLE_REASON = ("byte-identical for the same model, options and tool vers
                        "conversion_date metadata key is removed and the spec is re-serialized with sorted maps")
 
 
+NOTES_KEY = PREFIX + "neural_engine_notes"
+_FEATURES: dict[str, tuple[Feature, ...]] = {"fp16": (ML_PROGRAM,), "fp32": (ML_PROGRAM,),
+                                             "w8": (ML_PROGRAM, W8_PER_CHANNEL),
+                                             "int8": (ML_PROGRAM, W8_PER_CHANNEL, A8_ACTIVATIONS)}
+
+
 class CoremlConverter:
-    """Core ML ML Program of the canonical model: fp16 or fp32 compute, or int8 weights on fp16."""
+    """Core ML ML Program of the canonical model: fp16/fp32 compute, int8 weights, or the W8A8 plan."""
 
     def __init__(self, info: TargetInfo, kind: str):
         self.info = info
-        self.kind = kind  # "fp16" | "fp32" | "w8"
-        self.features: tuple[Feature, ...] = (ML_PROGRAM, W8_PER_CHANNEL) if kind == "w8" else (ML_PROGRAM,)
+        self.kind = kind  # "fp16" | "fp32" | "w8" | "int8"
+        self.features = _FEATURES[kind]
 
     def check_options(self, options: ExportOptions) -> None:
         check_min_target(options.min_target, self.features, self.info.name)
@@ -72,9 +88,16 @@ class CoremlConverter:
 
         self.check_options(job.options)
         # W8 starts from the same fp16 program `coreml` writes; quantizing raises its spec to iOS16.
-        min_target = check_min_target(job.options.min_target, (ML_PROGRAM,), self.info.name) or minimum_name((ML_PROGRAM,))
+        # W8A8 is converted at its own minimum (iOS17: activation quantize/dequantize ops).
+        features = self.features if self.kind == "int8" else (ML_PROGRAM,)
+        min_target = check_min_target(job.options.min_target, features, self.info.name) or minimum_name(features)
         path = job.workdir / f"{job.stem}{self.info.suffix}"
-        if self.kind == "w8":
+        if self.kind == "int8":
+            if job.plan is None:
+                raise UsageError(f"target {self.info.name} needs calibration images", "pass --calib-data DIR")
+            mlmodel, meta = convert_plan(job.plan.plan, job.example, job.contract, min_target=min_target,
+                                         image_input=job.options.image_input)
+        elif self.kind == "w8":
             mlmodel, meta = self._float_source(job, min_target)
             mlmodel, quant = quantize_w8(mlmodel)
             meta.update(quant)
@@ -86,8 +109,14 @@ class CoremlConverter:
         meta.update(annotate(mlmodel, stem=job.stem, target=self.info.name, precision=self.info.precision,
                              contract=job.contract, num_classes=num_classes, model=job.model,
                              image=meta.get("image_input")))
+        notes = neural_engine_notes(spec_op_histogram(mlmodel.get_spec()))
+        if notes:  # in the package too, where an app developer looks
+            mlmodel.user_defined_metadata[NOTES_KEY] = json.dumps(notes)
         save_package(mlmodel, path)
         described = describe_mlpackage(path)
+        if self.kind == "int8":
+            meta.update(verify_plan_weights(path, job.plan.plan))
+        meta.update({"compute_units": compute_unit_report(path), "neural_engine_notes": notes})
         meta.update({"min_target": min_target, "spec_version": described["spec_version"],
                      "min_deployment_target": described["min_deployment_target"],
                      "inputs": described["inputs"], "outputs": described["outputs"],
@@ -95,12 +124,14 @@ class CoremlConverter:
                      "reproducible_reason": REPRODUCIBLE_REASON})
         job.log(f"{self.info.name}: ML Program spec {described['spec_version']} "
                 f"({described['min_deployment_target']}), input {described['inputs'][0]['type']}")
-        emulation = None
+        emulation = job.plan.emulation() if self.kind == "int8" else None
         if self.kind == "w8":  # the recipe rounds weights per output channel; activations stay float
             from mnv4_deploy.emulation import int8_weight_emulation
 
             emulation = int8_weight_emulation(job.model, meta["weight_quantization"]["weight_threshold"])
-        return Artifact(self.info.name, path, self.info.precision, meta, emulation=emulation)
+        # W8A8 computes in fp16, which re-rounds x/scale before each quantize (see default.yaml)
+        bounds = "emulation_fp16" if self.kind == "int8" else "emulation"
+        return Artifact(self.info.name, path, self.info.precision, meta, emulation=emulation, emulation_bounds=bounds)
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
         return coreml_runner(Path(artifact.path))
@@ -122,3 +153,7 @@ COREML_W8 = CoremlConverter(TargetInfo(
     name="coreml-w8", precision="int8", suffix=".w8.mlpackage", upstream="coreml",
     description="Core ML ML Program, int8 per-channel weights (linear_quantize_weights), fp16 compute",
     **_COMMON), kind="w8")
+COREML_INT8 = CoremlConverter(TargetInfo(
+    name="coreml-int8", precision="int8", suffix=".int8.mlpackage", needs_calibration=True,
+    description="Core ML ML Program, W8A8: the run's int8 plan (weights and activation grids), fp16 compute, iOS17+",
+    **_COMMON), kind="int8")

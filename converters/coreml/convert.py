@@ -145,15 +145,19 @@ def first_conv_on_input(model: Any, example: Any) -> tuple[str, Any] | None:
     return names.get(id(conv), "?"), conv
 
 
-def with_channel_ratios(model: Any, example: Any, image: ImageInput) -> tuple[Any, ImageInput]:
-    """A copy of `model` that takes `y = x / r` (per channel) and computes model(x) exactly."""
+def with_channel_ratios(model: Any, example: Any, image: ImageInput, fold: bool = True) -> tuple[Any, ImageInput]:
+    """A copy of `model` that takes `y = x / r` (per channel) and computes model(x) exactly.
+
+    `fold=False` always uses the explicit multiply: an int8 plan's first convolution holds
+    integer weights on the plan's grid, which a folded factor would move off it.
+    """
     import torch
 
     if all(abs(r - 1.0) < 1e-12 for r in image.channel_ratios):
         return model, image
     ratios = torch.tensor(image.channel_ratios, dtype=torch.float64)
     folded = copy.deepcopy(model).eval()
-    hit = first_conv_on_input(folded, example)
+    hit = first_conv_on_input(folded, example) if fold else None
     if hit is not None:
         name, conv = hit
         with torch.no_grad():
@@ -189,8 +193,11 @@ def _quiet():
 
 
 def convert_float(model: Any, example: Any, contract: Any, *, fp16: bool, min_target: str,
-                  image_input: bool) -> tuple[Any, dict[str, Any]]:
-    """The float ML Program of `model` (an MLModel, not saved) and facts for the artifact metadata."""
+                  image_input: bool, fold_ratios: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The ML Program of `model` (an MLModel, not saved) and facts for the artifact metadata.
+
+    `fold_ratios`: see `with_channel_ratios` (False for models whose weights must not change).
+    """
     import torch
 
     ct = coremltools()
@@ -200,7 +207,7 @@ def convert_float(model: Any, example: Any, contract: Any, *, fp16: bool, min_ta
     shape = tuple(int(d) for d in example.shape)
     if image_input:
         image = image_input_for(contract)
-        model, image = with_channel_ratios(model, example, image)
+        model, image = with_channel_ratios(model, example, image, fold=fold_ratios)
         inputs = [ct.ImageType(name=IMAGE_INPUT_NAME, shape=shape, scale=image.scale, bias=list(image.bias),
                                color_layout=getattr(ct.colorlayout, image.color_layout))]
         facts["image_input"] = image.to_dict()

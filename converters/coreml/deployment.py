@@ -31,6 +31,7 @@ class Feature:
 
 ML_PROGRAM = Feature("an ML Program (the mlprogram format, fp16 or fp32 compute)", 6)
 W8_PER_CHANNEL = Feature("per-channel int8 weights (constexpr dequantization ops)", 7)
+A8_ACTIVATIONS = Feature("int8 activations (W8A8: quantize/dequantize ops on activations)", 8)
 
 
 def releases(spec_version: int) -> str:

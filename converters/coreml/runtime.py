@@ -86,7 +86,8 @@ def _feature(feature: Any) -> dict[str, Any]:
     return {"name": feature.name, "shape": [], "type": str(kind)}
 
 
-def _main_ops(spec: Any) -> dict[str, int]:
+def spec_op_histogram(spec: Any) -> dict[str, int]:
+    """Count of each non-const op type in the main function of an ML Program spec."""
     functions = spec.mlProgram.functions
     name = spec.description.defaultFunctionName or "main"
     function = functions[name] if name in functions else next(iter(functions.values()))
@@ -120,7 +121,7 @@ def describe_mlpackage(path: Path) -> dict[str, Any]:
             "min_deployment_target": releases(int(spec.specificationVersion)), "opset": opset,
             "inputs": [_feature(f) for f in spec.description.input],
             "outputs": [_feature(f) for f in spec.description.output],
-            "op_histogram": _main_ops(spec),
+            "op_histogram": spec_op_histogram(spec),
             "author": meta.author, "license": meta.license, "version": meta.versionString,
             "short_description": meta.shortDescription,
             "metadata": {k: _short(k, v) for k, v in sorted(meta.userDefined.items())}}
