@@ -25,7 +25,8 @@ _MARCH_KEYS = {
     "bpu_ops": list, "conditional_ops": dict, "cpu_ops": list, "not_integrated_ops": list,
     "activation_matmul": str,
 }
-_TOP_KEYS = {"schema_version": int, "marches": dict}
+_TOP_KEYS = {"schema_version": int, "targets": dict, "marches": dict}
+_TARGET_KEYS = {"march": str, "board": str, "compile_mode": str, "optimize_level": str}
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,46 @@ def _parse_march(name: str, data: Any, source: str) -> March:
     )
 
 
+@dataclass(frozen=True)
+class TargetRow:
+    """One mnv4-deploy target (e.g. bpu-x5): which march it builds for and how it compiles."""
+
+    name: str
+    march: str
+    board: str
+    compile_mode: str
+    optimize_level: str
+
+
 def load_march_table(path: str | Path | None = None) -> dict[str, March]:
     """Read and schema-check the march table; `path=None` reads the shipped one."""
+    source, data = _read_table(path)
+    return {name: _parse_march(name, row, source) for name, row in data["marches"].items()}
+
+
+def load_target_table(path: str | Path | None = None) -> dict[str, TargetRow]:
+    """The `targets` rows of the table; each must name a march the table defines."""
+    source, data = _read_table(path)
+    rows = {}
+    for name, row in data["targets"].items():
+        where = f"targets.{name}"
+        _check_type(row, dict, where, source)
+        unknown = [k for k in row if k not in _TARGET_KEYS]
+        missing = [k for k in _TARGET_KEYS if k not in row]
+        if unknown:
+            raise UsageError(f"{source}: unknown key {where}.{unknown[0]}", f"allowed here: {', '.join(_TARGET_KEYS)}")
+        if missing:
+            raise UsageError(f"{source}: {where} lacks {', '.join(missing)}")
+        for key, kind in _TARGET_KEYS.items():
+            _check_type(row[key], kind, f"{where}.{key}", source)
+        if row["march"] not in data["marches"]:
+            raise UsageError(f"{source}: {where}.march = {row['march']!r} is not in marches",
+                             f"known: {', '.join(data['marches'])}")
+        rows[name] = TargetRow(name=name, **row)
+    return rows
+
+
+def _read_table(path: str | Path | None) -> tuple[str, dict]:
     if path is None:
         source, text = _default_table_text()
     else:
@@ -119,7 +158,7 @@ def load_march_table(path: str | Path | None = None) -> dict[str, March]:
         if key not in data:
             raise UsageError(f"{source}: missing key {key}")
         _check_type(data[key], kind, key, source)
-    return {name: _parse_march(name, row, source) for name, row in data["marches"].items()}
+    return source, data
 
 
 def get_march(name: str, table: Mapping[str, March] | None = None) -> March:

@@ -24,6 +24,7 @@ RESULT_ROWS: dict[str, tuple[str, str]] = {
     "nv12_top1": ("Float ONNX, NV12 BT.601 round trip: top-1 (%)", "{:.2f}"),
     "nv12_cosine": ("NV12 round trip vs contract: logits cosine", "{:.5f}"),
     "int8_top1": ("Emulated int8 (ONNX QDQ, NV12 input): top-1 (%)", "{:.2f}"),
+    "int8_contract_top1": ("Emulated int8 (ONNX QDQ, contract preprocessing): top-1 (%)", "{:.2f}"),
     "int8_cosine": ("Emulated int8 vs float: logits cosine", "{:.5f}"),
     "images": ("Labeled images evaluated", "{:d}"),
 }
@@ -32,6 +33,18 @@ _SPACE_TEXT = {
     "regular": "BT.601 full range (Y, U, V in 0-255; `input_space_and_range: regular`, the default)",
     "bt601_video": "BT.601 video range (Y 16-235, U/V 16-240; `input_space_and_range: bt601_video`)",
 }
+
+
+def _board_input_step(input_type_rt: str, space: str) -> str:
+    if input_type_rt == "nv12":
+        return (f"3. Convert to NV12 with {_SPACE_TEXT[space]}. OpenCV's "
+                "`cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)` gives video range (and planar U, V that must be "
+                "interleaved into NV12's UV plane): with it, set `input_space_and_range: bt601_video` in the config "
+                "and rebuild.")
+    if input_type_rt == "featuremap":
+        return ("3. Normalize with the contract's mean and std yourself and feed float32 NCHW: the config's "
+                "`featuremap` input has no preprocessing node.")
+    return f"3. Feed 8-bit {input_type_rt.upper()} pixels, NHWC (`input_type_rt: {input_type_rt}`)."
 
 
 def _results_table(results: Mapping[str, float | int | None]) -> list[str]:
@@ -74,8 +87,11 @@ def render_readme(
     calibration_count: int | None = None,
     calibration_sha256: str | None = None,
     op_check: OpCheck | None = None,
+    input_type_rt: str = "nv12",
+    bundle_dir: str | None = None,
+    output_shape: Sequence[int] | None = None,
 ) -> str:
-    """The bundle README (Markdown). Paths are as they sit inside the bundle."""
+    """The bundle README (Markdown). Paths are as they sit inside the bundle (`bundle_dir`)."""
     if input_space_and_range not in _SPACE_TEXT:
         raise UsageError(f"unknown input_space_and_range {input_space_and_range!r}",
                          f"use one of {', '.join(_SPACE_TEXT)}")
@@ -94,7 +110,8 @@ def render_readme(
         "",
         "## Contents",
         "",
-        f"- `{onnx_file}`: the float model (input `{input_name or '(single input)'}`, shape {shape}, NCHW RGB).",
+        f"- `{onnx_file}`: the float model (input `{input_name or '(single input)'}`, shape {shape}, NCHW RGB"
+        + (f"; output shape {'x'.join(str(int(d)) for d in output_shape)}" if output_shape else "") + ").",
         f"- `{config_file}`: the `hb_mapper makertbin` config; mean/scale come from the preprocessing contract "
         f"`{preprocess.sha256()[:16]}`.",
         f"- `{cal_data_dir}/`: {calib} of raw float32 (1, 3, {height}, {width}) RGB pixels in 0-255, not "
@@ -103,6 +120,7 @@ def render_readme(
         "## Commands (inside the OpenExplorer docker)",
         "",
         "```bash",
+        *([f"cd {bundle_dir}"] if bundle_dir else []),
         f"hb_mapper checker --model-type onnx --march {march} --model {onnx_file} --input-shape "
         f"{input_name or '<input_name>'} {shape}",
         f"hb_mapper makertbin --config {config_file} --model-type onnx",
@@ -128,10 +146,7 @@ def render_readme(
         f"1. Decode to RGB; resize so the short side is {preprocess.resize_short} px ({preprocess.interpolation} "
         "interpolation, keep the aspect ratio).",
         f"2. Centre-crop {height}x{width} (H x W).",
-        f"3. Convert to NV12 with {_SPACE_TEXT[input_space_and_range]}. OpenCV's "
-        "`cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)` gives video range (and planar U, V that must be "
-        "interleaved into NV12's UV plane): with it, set `input_space_and_range: bt601_video` in the config and "
-        "rebuild.",
+        _board_input_step(input_type_rt, input_space_and_range),
         "4. Do not subtract a mean or divide by a std: the model computes `(pixel - mean_value) * scale_value` "
         f"itself, with mean_value `{format_numbers(mean)}` and scale_value `{format_numbers(scale)}` "
         f"(contract mean {format_numbers(preprocess.mean)}, std {format_numbers(preprocess.std)}).",

@@ -1,0 +1,112 @@
+"""The `bpu-x5` / `bpu-x3` targets: a Horizon hb_mapper handoff bundle, judged here.
+
+The artifact is a directory `<stem>.<march>.bpu/` holding what `hb_mapper makertbin` needs
+(float ONNX at opset 11, config YAML, calibration files) plus README, manifest.json and
+SHA256SUMS. Its runner runs the bundle's float ONNX in onnxruntime, so the pipeline judges it
+against the canonical model like any fp32 artifact; the BPU-specific forecasts (NV12 input,
+emulated int8) are measured during conversion and reported as extra rows.
+
+Targets come from the `targets` table in `quant_configs/bpu_marches.yaml`: the entry point
+`converters.bpu.target:bpu_x5` resolves `bpu_x5` through the module `__getattr__`, so a new
+board needs a table row and an entry-point line, no code.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnv4_deploy.artifacts import sha256_path
+from mnv4_deploy.errors import UsageError
+from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+
+from . import bundle as bundle_files
+from .march import TargetRow, get_march, load_target_table
+
+BPU_INPUTS = ("nv12", "rgb", "bgr", "featuremap")
+
+class BpuConverter:
+    """One BPU target (one row of the targets table)."""
+
+    def __init__(self, row: TargetRow):
+        self.row = row
+        self.info = TargetInfo(
+            name=row.name, format="hb_mapper bundle", precision="fp32", suffix=f".{row.march}{bundle_files.SUFFIX}",
+            description=f"Horizon {row.board} ({row.march}) hb_mapper bundle: opset-11 ONNX, YAML, calibration files; "
+                        "NV12 and int8 emulated here",
+            backend_modules=("onnx", "onnxruntime", "onnxsim"), extra="onnx", needs_calibration=True,
+            shared_plan=False, options=("opset", "fold", "strict", "bpu_input", "archive"))
+
+    # ---- before any work ----------------------------------------------------------------
+    def check_options(self, options: ExportOptions) -> None:
+        if options.bpu_input not in BPU_INPUTS:
+            raise UsageError(f"--bpu-input {options.bpu_input!r} is not one of {', '.join(BPU_INPUTS)}")
+        self._opset(options)
+
+    def check_output_dir(self, out: Path) -> None:
+        found = bundle_files.enclosing_bundle(out)
+        if found is not None:
+            raise UsageError(f"--out {out} is inside the BPU bundle {found}; a bundle is not mixed with other output",
+                             f"write next to it, e.g. --out {found.parent}")
+
+    def _opset(self, options: ExportOptions) -> int:
+        march = get_march(self.row.march)
+        if "opset" not in options.changed():
+            return max(march.onnx_opsets)
+        if options.opset not in march.onnx_opsets:
+            raise UsageError(f"--opset {options.opset}: {self.row.name} ({march.name}) accepts ONNX opset "
+                             f"{', '.join(map(str, march.onnx_opsets))}", f"drop --opset for {self.row.name}")
+        return options.opset
+
+    # ---- convert ------------------------------------------------------------------------
+    def convert(self, job: ConvertJob) -> Artifact:
+        from converters.onnx import INPUT_NAME
+
+        from .build import build_bundle
+
+        if job.calibration is None:
+            raise UsageError(f"target {self.info.name} needs calibration images", "pass --calib-data DIR")
+        path = job.workdir / f"{job.stem}{self.info.suffix}"
+        meta = build_bundle(job, self.row, path, self._opset(job.options), INPUT_NAME)
+        companions: tuple[Path, ...] = ()
+        if job.options.archive:
+            from .archive import write_tar_gz
+
+            archive = write_tar_gz(path, job.workdir / f"{path.name}.tar.gz")
+            meta["archive"] = {"file": archive.name, "sha256": sha256_path(archive)}
+            companions = (archive,)
+        return Artifact(self.info.name, path, self.info.precision, meta, companions=companions)
+
+    # ---- judge --------------------------------------------------------------------------
+    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
+        """The bundle's float ONNX in onnxruntime; the (N, classes, 1, 1) output is flattened."""
+        from converters.onnx import ort_runner
+
+        manifest = bundle_files.read_manifest(artifact.path)
+        inner = ort_runner(artifact.path / manifest["onnx"]["file"])
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            out = inner.run(batch)
+            return out.reshape(out.shape[0], -1)
+
+        return Runner(run=run, runtime=f"{inner.runtime}, the bundle's float ONNX")
+
+
+@functools.lru_cache(maxsize=None)
+def converter_for(name: str) -> BpuConverter:
+    rows = load_target_table()
+    if name not in rows:
+        raise UsageError(f"no BPU target {name!r} in quant_configs/bpu_marches.yaml", f"known: {', '.join(rows)}")
+    return BpuConverter(rows[name])
+
+
+def __getattr__(attr: str) -> Any:
+    """`bpu_x5` -> the converter of target `bpu-x5` (what the entry points name)."""
+    if attr.startswith("bpu_"):
+        return converter_for(attr.replace("_", "-"))
+    raise AttributeError(attr)
+
+
+__all__ = ["BPU_INPUTS", "BpuConverter", "converter_for"]
