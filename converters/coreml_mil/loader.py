@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import struct
 import sys
@@ -67,10 +68,17 @@ def import_coremltools() -> Optional[ModuleType]:
     hide_tf = "tensorflow" not in sys.modules
     if hide_tf:
         sys.modules["tensorflow"] = None  # type: ignore[assignment]  # makes `import tensorflow` fail
+    # off macOS coremltools logs one warning per missing native proxy on import; they say only
+    # that prediction needs macOS, which our runner states once in the report
+    quiet = logging.getLogger("coremltools")
+    level = quiet.level
+    if sys.platform != "darwin":
+        quiet.setLevel(logging.ERROR)
     try:
         import coremltools
         from coremltools.converters.mil.frontend.milproto import load as _  # noqa: F401
     finally:
+        quiet.setLevel(level)
         if hide_tf and sys.modules.get("tensorflow", 0) is None:
             del sys.modules["tensorflow"]
     return coremltools
