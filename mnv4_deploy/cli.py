@@ -1,4 +1,5 @@
-"""The command line: `mnv4-deploy {export, models, targets}` and its short form `mnv4-export`.
+"""The command line: `mnv4-deploy {export, validate, inspect, benchmark, build, merge-manifests, models,
+targets}` and the short form `mnv4-export`.
 
 Thin on purpose: every command calls the Python API. Errors become one line on stderr and
 the exit code their type carries (errors.py), in one place: `_guarded`.
@@ -119,6 +120,15 @@ def export_command(
                                               "scale/bias inside the model")] = False,
     min_target: Annotated[Optional[str], typer.Option("--min-target", help="CoreML: oldest OS to load on, e.g. "
                                                       "iOS16, macOS14 [default: the oldest the target allows]")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="TFLite: input layout, nhwc (mobile) or nchw")] = "nhwc",
+    io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite full-integer: input/output type, "
+                                          "float32, int8 or uint8")] = "float32",
+    strict: Annotated[bool, typer.Option("--strict", help="EdgeTPU/BPU: fail when any op would leave "
+                                         "the accelerator")] = False,
+    bpu_input: Annotated[str, typer.Option("--bpu-input", help="BPU: board-side input, nv12, rgb, bgr "
+                                           "or featuremap")] = "nv12",
+    archive: Annotated[bool, typer.Option("--archive", help="BPU: also write the bundle as a deterministic "
+                                          ".tar.gz")] = False,
     golden_count: Annotated[int, typer.Option("--golden-count", help="golden inputs for parity")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="seed for synthetic inputs and sampling")] = 0,
     calib_data: CalibDataOpt = None,
@@ -132,7 +142,8 @@ def export_command(
 ) -> None:
     """Export a model to one or more targets and validate every artifact against PyTorch."""
     options = dict(opset=opset, simplify=simplify, dynamic_batch=dynamic_batch, fold=fold, image_input=image_input,
-                   min_target=min_target)
+                   min_target=min_target, layout=layout, io_dtype=io_dtype, strict=strict, bpu_input=bpu_input,
+                   archive=archive)
     _guarded(lambda: _export_body(
         model, to, out, quiet, output, options, weights=weights, pretrained=pretrained, num_classes=num_classes,
         img_size=img_size, data=data, golden_count=golden_count, seed=seed, calib_data=calib_data,
@@ -239,6 +250,199 @@ def targets_command(output: Annotated[OutputFormat, typer.Option("--output")] = 
             state = "installed" if r["installed"] else f"missing (pip install 'mnv4-deploy[{r['extra']}]')"
             print(f"{r['target'].ljust(width)}  {r['precision']:<5}  {state:<12}  {r['description']}")
         return 0
+    _guarded(body)
+
+
+# ---- matrix commands: benchmark, build, merge-manifests ------------------------------------------
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines, only the result table")]
+OutputOpt = Annotated[OutputFormat, typer.Option("--output", help="table or json on stdout")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="same as --output json")]
+
+
+def _progress(quiet: bool, as_json: bool):
+    from .progress import AUTO, QUIET, Progress
+
+    return Progress(mode=QUIET if quiet or as_json else AUTO)
+
+
+def _print_matrix(merged: dict, as_json: bool, quiet: bool, out: Path) -> int:
+    from .matrix import format_table, summary_lines
+
+    if as_json:
+        keep = ("exit_code", "passed", "interrupted", "problems", "settings", "wall_seconds", "phases", "rows")
+        print(json.dumps({k: merged.get(k) for k in keep} | {"out": str(out)}, indent=2, default=str))
+        return int(merged["exit_code"])
+    if not quiet:
+        print("\n".join(summary_lines(merged.get("reports", []))))
+        print()
+    print(format_table(merged["rows"]))
+    for problem in merged.get("problems") or []:
+        _err(f"problem: {problem}")
+    wall = f" in {merged['wall_seconds']:.0f} s" if merged.get("wall_seconds") is not None else ""
+    print(f"\nwrote {out}/ (report.html, report.md, report.json, manifest.json, SHA256SUMS){wall}; "
+          f"exit code {merged['exit_code']}")
+    return int(merged["exit_code"])
+
+
+def _min_cosine(text: Optional[str]) -> dict:
+    from .errors import UsageError
+
+    found = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            found[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--min-cosine {item!r}: expected TARGET=NUMBER",
+                             "e.g. --min-cosine onnx-int8=0.99") from None
+        if not sep:
+            raise UsageError(f"--min-cosine {item!r}: expected TARGET=NUMBER", "e.g. --min-cosine onnx-int8=0.99")
+    return found
+
+
+@app.command("benchmark")
+def benchmark_command(
+    models: Annotated[str, typer.Option("--models", help="comma-separated model names")] = "conv_small",
+    targets: Annotated[str, typer.Option("--targets", help="comma-separated targets, or all (every registered "
+                                         "target; those whose backend is missing are listed as such)")] = "all",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("benchmark"),
+    img_size: ImgSizeOpt = None,
+    data: DataOpt = None,
+    golden_count: Annotated[int, typer.Option("--golden-count", help="golden inputs for parity")] = 8,
+    calib_data: CalibDataOpt = None,
+    calib_size: CalibSizeOpt = None,
+    eval_data: EvalDataOpt = None,
+    eval_size: EvalSizeOpt = None,
+    max_drop: MaxDropOpt = None,
+    min_cosine: Annotated[Optional[str], typer.Option("--min-cosine", help="extra parity gates, e.g. "
+                                                      "onnx=0.9999,onnx-int8=0.99")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="state-dict files per model, e.g. "
+                                                   "conv_small=a.pth,conv_medium=b.safetensors")] = None,
+    pretrained: PretrainedOpt = False,
+    sensitivity_images: Annotated[int, typer.Option("--sensitivity-images", help="calibration images for the "
+                                                    "report's per-layer int8 sensitivity (0: off)")] = 2,
+    warmup: Annotated[int, typer.Option("--warmup", help="untimed runs before timing")] = 3,
+    runs: Annotated[int, typer.Option("--runs", help="timed runs (the median is reported)")] = 20,
+    quant_config: QuantOpt = "default",
+    seed: Annotated[int, typer.Option("--seed", help="seed for synthetic inputs and sampling")] = 0,
+    quiet: QuietOpt = False,
+    output: OutputOpt = OutputFormat.table,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export, validate and time every model x target pair; write report.html/.md/.json and a manifest."""
+    def body() -> int:
+        from .benchmark import MatrixSpec, run_matrix
+        from .build import check_min_cosine, check_targets
+
+        as_json_ = as_json or output is OutputFormat.json
+        names = check_targets([t.strip() for t in targets.split(",") if t.strip()], "--targets")
+        model_names = _model_names(models)
+        spec = MatrixSpec(models=model_names, targets="all" if targets.strip() == "all" else tuple(names),
+                          out=out, img_size=img_size, calib_data=calib_data, calib_size=calib_size,
+                          eval_data=eval_data, eval_size=eval_size, data=data, golden_count=golden_count, seed=seed,
+                          max_drop=_check_max_drop(max_drop, eval_data),
+                          min_cosine=check_min_cosine(_min_cosine(min_cosine), names, "--min-cosine"),
+                          weights=_weights(weights, model_names), pretrained=pretrained,
+                          quant_config=quant_config, warmup=_at_least(warmup, 0, "--warmup"),
+                          runs=_at_least(runs, 1, "--runs"),
+                          sensitivity_images=_at_least(sensitivity_images, 0, "--sensitivity-images"))
+        run = run_matrix(spec, _progress(quiet, as_json_))
+        return _print_matrix(run.merged, as_json_, quiet, out)
+    _guarded(body)
+
+
+def _weights(text: Optional[str], models: tuple) -> dict:
+    from .errors import UsageError
+
+    found = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        name, sep, file = item.partition("=")
+        if not sep or name not in models:
+            raise UsageError(f"--weights {item!r}: expected MODEL=FILE for a model in --models",
+                             "e.g. --weights conv_small=ckpt.safetensors")
+        if not Path(file).is_file():
+            raise UsageError(f"--weights {item!r}: {file} is not a file")
+        found[name] = Path(file)
+    return found
+
+
+def _at_least(value: int, lo: int, flag: str) -> int:
+    from .errors import UsageError
+
+    if value < lo:
+        raise UsageError(f"{flag} {value}: must be at least {lo}")
+    return value
+
+
+def _check_max_drop(max_drop: Optional[float], eval_data: Optional[Path]) -> Optional[float]:
+    from .errors import UsageError
+
+    if max_drop is not None and not 0.0 <= max_drop <= 100.0:
+        raise UsageError(f"--max-drop {max_drop}: must be between 0 and 100 (points of top-1)")
+    if max_drop is not None and eval_data is None:
+        raise UsageError("--max-drop needs labeled images to measure the drop on", "pass --eval-data DIR")
+    return max_drop
+
+
+def _model_names(text: str) -> tuple:
+    from . import models
+    from .errors import UsageError
+
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not names:
+        raise UsageError("no model given", "pass --models conv_small,conv_medium")
+    for name in names:
+        models.resolve(name)  # an unknown name is refused before any work
+    return names
+
+
+@app.command("build")
+def build_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="deploy YAML (see examples/deploy.yaml)")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel processes (each prepares its own model "
+                                      "copy, calibration and int8 plan)")] = 1,
+    only: Annotated[Optional[str], typer.Option("--only", help="comma-separated model:target pairs of the "
+                                                "config (one CI job's share)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory [default: the "
+                                                "config's out]")] = None,
+    list_pairs: Annotated[bool, typer.Option("--list", help="print the config's model:target pairs as JSON "
+                                             "(a CI job matrix) and exit")] = False,
+    quiet: QuietOpt = False,
+    output: OutputOpt = OutputFormat.table,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build and gate every model x target of a deploy YAML; the exit code says whether every gate held."""
+    def body() -> int:
+        from .build import load_config, pairs, restrict, run_build
+
+        spec = load_config(config, out, check_data=not list_pairs)
+        if only:
+            spec = restrict(spec, [p.strip() for p in only.split(",") if p.strip()])
+        if list_pairs:
+            print(json.dumps([{"model": m, "target": t, "pair": f"{m}:{t}"} for m, t in pairs(spec)]))
+            return 0
+        as_json_ = as_json or output is OutputFormat.json
+        merged = run_build(spec, _at_least(jobs, 1, "--jobs"), _progress(quiet, as_json_), quiet or as_json_)
+        if merged is None:
+            raise DeployError("no unit of the build wrote a report", f"set {DEBUG_ENV}=1 and re-run with --jobs 1")
+        return _print_matrix(merged, as_json_, quiet, spec.out)
+    _guarded(body)
+
+
+@app.command("merge-manifests")
+def merge_command(
+    dirs: Annotated[list[Path], typer.Argument(help="directories holding manifest.json files (searched recursively)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where the merged manifest and reports go")] = Path("."),
+    quiet: QuietOpt = False,
+    output: OutputOpt = OutputFormat.table,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge manifests of many runs (e.g. one per CI job), re-checking every artifact's sha256."""
+    def body() -> int:
+        from .merge import merge
+
+        merged = merge(dirs, out)
+        return _print_matrix(merged, as_json or output is OutputFormat.json, quiet, out)
     _guarded(body)
 
 
