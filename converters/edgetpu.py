@@ -22,6 +22,7 @@ from typing import Any
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
+from .tflite.common import REPRODUCIBLE
 from .tflite.int8_target import BACKENDS, embed_contract, plan_emulation, require_plan
 from .tflite.io_types import check_io_dtype
 from .tflite.runtime import describe_tflite, litert_runner
@@ -128,6 +129,7 @@ class EdgeTpuConverter:
         job.log(f"edgetpu static check: {mapped}/{check['counts']['ops']} ops map to the EdgeTPU"
                 + ("" if check["fully_mapped"] else f"; first CPU op #{check['first_cpu_op']['index']} "
                                                     f"{check['first_cpu_op']['op']}"))
+        meta.update(REPRODUCIBLE)  # of the .edgetpu.tflite; the compiler's own output is not checked here
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:

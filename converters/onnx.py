@@ -20,6 +20,11 @@ MIN_OPSET, MAX_OPSET = 11, 20
 _BACKENDS = ("onnx", "onnxruntime", "onnxsim")
 
 
+# Declared in every artifact's metadata, carried by the manifest (tests/test_reproducible.py checks the bytes)
+REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for the same model, options and tool "
+                "versions: torch.onnx export and onnxsim are deterministic and ONNX stores no timestamps"}
+
+
 def check_opset(opset: int) -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(f"--opset {opset} is not supported", f"use {MIN_OPSET}..{MAX_OPSET}")
@@ -164,6 +169,7 @@ class OnnxConverter:
             import onnx
 
             meta["op_histogram"] = op_histogram(onnx.load(str(path)))
+        meta.update(REPRODUCIBLE)
         return Artifact(self.info.name, path, self.info.precision, meta)
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
@@ -198,7 +204,7 @@ class OnnxInt8Converter:
         export_qdq_onnx(job.plan.plan, path, job.example, opset=job.options.opset)
         proto = onnx.load(str(path))
         meta = {"opset": job.options.opset, "form": "QDQ", "input": INPUT_NAME, "output": OUTPUT_NAME,
-                "float_layers": list(job.plan.plan.float_layers), "op_histogram": op_histogram(proto)}
+                "float_layers": list(job.plan.plan.float_layers), "op_histogram": op_histogram(proto), **REPRODUCIBLE}
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=job.plan.emulation())
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:

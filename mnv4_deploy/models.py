@@ -241,7 +241,11 @@ def recalibrate_batchnorm(model: Any, batches: Any, variance_floor: float = 1.0)
     model.eval()
     for m in norms:
         m.train()
-    with torch.no_grad():
+    from .quant.threads import single_thread
+
+    # one thread: the batch statistics' reduction order, and so the random-init weights' exact
+    # bytes, would otherwise depend on the host's core count
+    with torch.no_grad(), single_thread():
         for batch in batches:
             model(batch)
         for m in norms:

@@ -63,7 +63,9 @@ def test_list_and_only_give_the_ci_job_matrix(tmp_path):
 def test_example_config_and_workflow_are_valid():
     result = runner.invoke(app, ["build", "--config", str(REPO / "examples" / "deploy.yaml"), "--list"])
     assert result.exit_code == 0, result.output
-    assert len(json.loads(result.stdout)) == 16
+    example = yaml.safe_load((REPO / "examples" / "deploy.yaml").read_text())
+    pairs = [p["pair"] for p in json.loads(result.stdout)]
+    assert pairs == [f"{m}:{t}" for m in example["models"] for t in example["targets"]]
     workflow = yaml.safe_load((REPO / "examples" / "github-actions.yml").read_text())
     assert set(workflow["jobs"]) == {"plan", "build", "merge"}
     steps = " ".join(str(s.get("run", "")) for job in workflow["jobs"].values() for s in job["steps"])

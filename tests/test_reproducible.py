@@ -35,6 +35,7 @@ def _check_identical(first, second, targets):
         if a[target].status == "export_failed":
             continue  # judged by the target's own tests; nothing to compare
         declared = a[target].reproducibility()
+        assert declared["reproducible"] is not None, f"{target}: the converter does not declare reproducibility"
         if declared["reproducible"] is False:
             assert declared["reason"], f"{target}: not reproducible, and no reason given"
             continue

@@ -77,6 +77,8 @@ class BpuConverter:
             archive = write_tar_gz(path, job.workdir / f"{path.name}.tar.gz")
             meta["archive"] = {"file": archive.name, "sha256": sha256_path(archive)}
             companions = (archive,)
+        meta.update(reproducible=True, reproducible_reason="every bundle file is deterministic for the same model, "
+                    "options, calibration images and tool versions; --archive sorts entries and fixes mtime/owner")
         return Artifact(self.info.name, path, self.info.precision, meta, companions=companions)
 
     # ---- judge --------------------------------------------------------------------------

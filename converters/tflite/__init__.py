@@ -26,7 +26,7 @@ from typing import Any
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
-from .common import LAYOUTS, METADATA_NAME, check_layout, tool_versions
+from .common import LAYOUTS, METADATA_NAME, REPRODUCIBLE, check_layout, tool_versions
 from .convert import RECIPES, export_float_tflite, quantize_tflite
 from .metadata import contract_payload, embed_metadata, read_embedded_contract, read_metadata
 from .runtime import open_interpreter, describe_tflite, litert_runner
@@ -88,6 +88,7 @@ class TfliteConverter:
             from mnv4_deploy.emulation import int8_weight_emulation
 
             emulation = int8_weight_emulation(job.model)
+        meta.update(REPRODUCIBLE)
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=emulation)
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:

@@ -11,6 +11,9 @@ METADATA_NAME = "mnv4_deploy.preprocess"
 METADATA_SCHEMA = "mnv4_deploy.preprocess/1"
 LAYOUTS = ("nhwc", "nchw")
 NUM_THREADS = 2
+# Declared in every TFLite artifact's metadata, carried by the manifest (tests/test_reproducible.py checks bytes)
+REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for the same model, options and tool "
+                "versions: the flatbuffer stores no timestamps and the embedded contract is sorted JSON"}
 _PACKAGES = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
 
 

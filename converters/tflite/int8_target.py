@@ -16,7 +16,7 @@ import numpy as np
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
-from .common import check_layout, tool_versions
+from .common import REPRODUCIBLE, check_layout, tool_versions
 from .io_types import IO_DTYPES, check_io_dtype
 from .metadata import contract_payload, embed_metadata
 from .runtime import describe_tflite, litert_runner, open_interpreter
@@ -81,6 +81,7 @@ class TfliteInt8Converter:
         meta = build_full_integer(plan, job.calibration.tensors, job.example, path, job.options.layout,
                                   job.options.io_dtype, job.log)
         meta.update(embed_contract(path, job, self.info, job.options.layout))
+        meta.update(REPRODUCIBLE)
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
