@@ -1,4 +1,4 @@
-"""EdgeTPU static checker (converters/edgetpu_check.py) and the edgetpu_compiler log parser.
+"""EdgeTPU static checker (converters/edgetpu/) and the edgetpu_compiler log parser.
 
 The log fixture tests/fixtures/edgetpu_compiler.log is the real `edgetpu_compiler -s` output
 (compiler 15.0.340273435, yolov3-tiny) published in
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import edgetpu_check as etc
+from converters import edgetpu as etc
+from converters.edgetpu import flatbuffer
 
 FIXTURE_LOG = Path(__file__).parent / "fixtures" / "edgetpu_compiler.log"
 CONV_NET_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"}
@@ -146,7 +147,7 @@ def test_missing_file_is_refused(tmp_path):
 # ------------------------------------------------------------------ the table is data, and its checks bite
 def test_op_table_names_real_tflite_ops():
     pytest.importorskip("ai_edge_litert")
-    builtin = set(etc._enum_names("BuiltinOperator").values())
+    builtin = set(flatbuffer._enum_names("BuiltinOperator").values())
     for name, rule in etc.OP_TABLE.items():
         assert name in builtin or name.startswith("CUSTOM:"), name
         assert all(callable(check) for check in rule.checks)

@@ -62,7 +62,7 @@ def _quantizer_calibration(float_path: Path, recipe: Any, calib: np.ndarray, lay
 
 def float_ops(path: Path) -> list[str]:
     """Ops that compute in float, other than the float I/O conversions at the boundary."""
-    from converters.edgetpu_check import read_tflite
+    from converters.edgetpu.flatbuffer import read_tflite
 
     graph = read_tflite(path)
     found = []

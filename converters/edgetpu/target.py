@@ -6,7 +6,7 @@ NHWC input. I/O is uint8 by default: what Coral's examples and pycoral's image a
 (camera pixels), written as a QUANTIZE uint8 -> int8 at the input and int8 -> uint8 at the
 output, which the EdgeTPU maps; `--io-dtype int8` drops those two ops.
 
-Every artifact gets the static check of converters/edgetpu_check.py (per-op table in the
+Every artifact gets the static check of converters/edgetpu/report.py (per-op table in the
 metadata: ops mapped, the first op that would fall back to CPU, and why). Where
 `edgetpu_compiler` is on PATH it also runs, `<stem>_edgetpu.tflite` is kept beside the artifact
 and its log is parsed into the same table. `--strict` turns any op left on the CPU into an error.
@@ -22,10 +22,10 @@ from typing import Any
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
-from .tflite.common import REPRODUCIBLE
-from .tflite.int8_target import BACKENDS, embed_contract, plan_emulation, require_plan
-from .tflite.io_types import check_io_dtype
-from .tflite.runtime import describe_tflite, litert_runner
+from ..tflite.common import REPRODUCIBLE
+from ..tflite.int8_target import BACKENDS, embed_contract, plan_emulation, require_plan
+from ..tflite.io_types import check_io_dtype
+from ..tflite.runtime import describe_tflite, litert_runner
 
 DEFAULT_IO_DTYPE = "uint8"
 _IO_DTYPES = ("int8", "uint8")
@@ -38,7 +38,7 @@ def edgetpu_io_dtype(options: ExportOptions) -> str:
 
 def static_check_summary(path: Path) -> dict[str, Any]:
     """The static checker's verdict as report data: counts, first CPU op and why, per-op rows."""
-    from .edgetpu_check import FALLS_BACK, check_tflite
+    from .report import FALLS_BACK, check_tflite
 
     report = check_tflite(path)
     first = next((r for r in report.rows if r.index == report.first_unmapped_index), None)
@@ -58,7 +58,8 @@ def compile_if_available(path: Path, job: ConvertJob) -> dict[str, Any]:
     """Run edgetpu_compiler when installed; keep `<stem>_edgetpu.tflite` beside the artifact."""
     from mnv4_deploy.artifacts import move_into_place
 
-    from .edgetpu_check import EdgeTpuCompilerFailed, find_edgetpu_compiler, run_edgetpu_compiler
+    from .compiler import find_edgetpu_compiler, run_edgetpu_compiler
+    from .errors import EdgeTpuCompilerFailed
 
     if find_edgetpu_compiler() is None:
         return {"ran": False, "reason": "edgetpu_compiler is not on PATH here (x86-64 Debian/Ubuntu only)"}
@@ -92,7 +93,7 @@ class EdgeTpuConverter:
 
     def _model(self, job: ConvertJob, plan: Any, path: Path, io_dtype: str) -> dict[str, Any]:
         """Reuse the run's tflite-int8 artifact (same plan, same route) or build the model."""
-        from .tflite.io_types import set_io_dtype
+        from ..tflite.io_types import set_io_dtype
 
         up = job.upstream
         if up is not None and up.metadata.get("layout") == "nhwc" and Path(up.path).is_file():
@@ -101,7 +102,7 @@ class EdgeTpuConverter:
             keep = ("route", "quantization", "plan_ranges")
             return {**{k: up.metadata[k] for k in keep if k in up.metadata}, "io_dtype": io_dtype,
                     "full_integer_source": f"this run's {up.target} artifact {Path(up.path).name}"}
-        from .tflite.full_integer import build_full_integer
+        from ..tflite.full_integer import build_full_integer
 
         meta = build_full_integer(plan, job.calibration.tensors, job.example, path, "nhwc", io_dtype, job.log)
         return {**meta, "full_integer_source": "converted for this target"}

@@ -1,0 +1,43 @@
+"""The EdgeTPU check's errors: one small family, each also a core DeployError so the CLI maps it
+to an exit code, and the compiler install hint they carry."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mnv4_deploy.errors import BackendMissing, DeployError, UsageError
+
+if TYPE_CHECKING:
+    from .compiler import CompilerLog
+
+INSTALL_HINT = (
+    "edgetpu_compiler runs only on 64-bit x86-64 Debian 6.0+/Ubuntu 10.0+ hosts; install it there with: "
+    "curl https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && "
+    'echo "deb https://packages.cloud.google.com/apt coral-edgetpu-stable main" '
+    "| sudo tee /etc/apt/sources.list.d/coral-edgetpu.list && "
+    "sudo apt-get update && sudo apt-get install edgetpu-compiler "
+    "(https://coral.ai/docs/edgetpu/compiler/)"
+)
+
+
+class EdgeTpuCheckError(DeployError):
+    """Base of everything this package raises."""
+
+
+class NotAFlatbufferError(EdgeTpuCheckError, UsageError):
+    """The file is missing, or is not a TFLite flatbuffer (exit 2: the user passed a bad file)."""
+
+
+class TfliteSchemaMissing(EdgeTpuCheckError, BackendMissing):
+    """Neither ai-edge-litert nor tensorflow is installed, so the flatbuffer cannot be read."""
+
+
+class EdgeTpuCompilerMissing(EdgeTpuCheckError, BackendMissing):
+    """`edgetpu_compiler` is not on PATH here (exit 5); the static check still works."""
+
+
+class EdgeTpuCompilerFailed(EdgeTpuCheckError):
+    """The compiler ran but produced no `_edgetpu.tflite`; `.log` holds what it printed."""
+
+    def __init__(self, message: str, hint: str | None = None, log: "CompilerLog | None" = None):
+        super().__init__(message, hint)
+        self.log = log
