@@ -8,6 +8,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a --pretrained test must fail fast, not hang
 
+# In this stack, importing TensorFlow before triton segfaults the process when triton loads later
+# (tests that build .tflite files with TF directly, then a torch.export). Loading triton first,
+# as litert_torch itself does, makes any test order safe.
+try:
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_SAMPLES = REPO.parent / "shared" / "data" / "imagenet-samples"
 SMALL = 64  # input size that keeps every variant's export in seconds
