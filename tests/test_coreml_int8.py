@@ -101,6 +101,18 @@ def test_w8a8_converts_and_passes_parity_against_float_and_its_plan(name, export
         assert any(n.startswith("attention") for n in result.metadata["neural_engine_notes"])
 
 
+def test_image_input_keeps_the_plan_weights_exact(calib_dir, tmp_path):
+    """ImageNet std differs per channel: the remainder is a multiply in front, not folded into
+    the first conv, so its integer weights stay the plan's."""
+    report = _export_int8("conv_small", calib_dir, tmp_path, image_input=True)
+    result = report.result("coreml-int8")
+    assert result.status == "passed", (result.failures, result.reason)
+    assert result.metadata["plan_weights_exact"] is True
+    described = describe_mlpackage(tmp_path / result.artifact)
+    assert described["inputs"][0]["type"] == "image RGB"
+    assert result.emulation_parity["cosine"] >= result.emulation_thresholds["min_cosine"]
+
+
 def test_executor_names_a_w8a8_op_it_does_not_know(exported, monkeypatch):
     report, out = exported("conv_small")
     path = out / report.result("coreml-int8").artifact

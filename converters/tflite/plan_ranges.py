@@ -11,6 +11,7 @@ before a stride-2 conv, ...) keep the quantizer's own calibration; the facts say
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ def float_tensor_values(path: Path, image: np.ndarray, layout: str) -> dict[str,
     graph = model.subgraphs[0]
     constant = {t.name.decode() for t in graph.tensors if t.buffer and model.buffers[t.buffer].data is not None
                 or (t.buffer and model.buffers[t.buffer].offset > 1)}
-    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # "intended for debugging": reading every tensor once is the point here
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     x = np.ascontiguousarray(image[:1], dtype=np.float32)
