@@ -214,6 +214,38 @@ def inspect_command(
     _guarded(body)
 
 
+@app.command("check")
+def check_command(
+    artifact: Annotated[Path, typer.Argument(help="a model file, e.g. any .tflite")],
+    target: Annotated[str, typer.Option("--target", help="whose accelerator rules apply")] = "edgetpu",
+    strict: Annotated[bool, typer.Option("--strict", help="exit 3 when any op would leave the accelerator")] = False,
+    compiler_log: Annotated[Optional[Path], typer.Option("--compiler-log", help="a vendor compiler log "
+                                                         "(edgetpu_compiler -s output) to parse too")] = None,
+    output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
+) -> None:
+    """Check a model against an accelerator's documented op rules, op by op (EdgeTPU: any .tflite)."""
+    def body() -> int:
+        from .errors import EXIT_PARITY, UsageError
+        from .registry import load_target
+
+        conv = load_target(target)
+        check = getattr(conv, "check", None)
+        if check is None:
+            raise UsageError(f"target {target} has no static accelerator check", "use --target edgetpu")
+        for path in (artifact, compiler_log):
+            if path is not None and not path.is_file():
+                raise UsageError(f"{path}: no such file")
+        result = check(artifact, compiler_log=compiler_log)
+        if output is OutputFormat.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print(result["table"])
+            if "compiler_log" in result:
+                print("\n" + result["compiler_log"]["table"])
+        return EXIT_PARITY if strict and not result["fully_mapped"] else 0
+    _guarded(body)
+
+
 @app.command("models")
 def models_command(output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table) -> None:
     """List the model names `--model` accepts."""

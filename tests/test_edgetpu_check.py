@@ -236,3 +236,35 @@ def test_compiler_failure_is_typed_and_carries_the_log(tmp_path, monkeypatch):
     with pytest.raises(etc.EdgeTpuCompilerFailed, match="large activation tensors") as err:
         etc.run_edgetpu_compiler(_tiny_flatbuffer(tmp_path), tmp_path / "out")
     assert err.value.log is not None and not err.value.log.succeeded
+
+
+# ------------------------------------------------------------------ `mnv4-deploy check`: the checker for any .tflite
+def _check_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from mnv4_deploy.cli import app
+
+    return CliRunner().invoke(app, ["check", *map(str, args)])
+
+
+def test_check_command_passes_a_conv_net_and_strict_fails_a_matmul_naming_it(models):
+    ok = _check_cli(models["int8"], "--strict")
+    assert ok.exit_code == 0, ok.output
+    assert "fully mapped" in ok.stdout and "DEPTHWISE_CONV_2D" in ok.stdout
+    bad = _check_cli(models["matmul"], "--strict", "--output", "json")
+    assert bad.exit_code == 3, bad.output  # validation failed: an op would leave the accelerator
+    verdict = json.loads(bad.stdout)
+    assert not verdict["fully_mapped"] and verdict["first_cpu_op"]["op"] == "BATCH_MATMUL"
+    assert _check_cli(models["matmul"]).exit_code == 0  # without --strict it is a report, not a gate
+
+
+def test_check_command_parses_a_compiler_log_and_refuses_non_models(models, tmp_path):
+    both = _check_cli(models["int8"], "--compiler-log", FIXTURE_LOG, "--output", "json")
+    assert both.exit_code == 0, both.output
+    log = json.loads(both.stdout)["compiler_log"]
+    assert log["ops_on_cpu"] == etc.parse_compiler_log(FIXTURE_LOG.read_text()).ops_on_cpu and log["rows"]
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model\n")
+    refused = _check_cli(text)
+    assert refused.exit_code == 2 and "TFL3" in refused.stderr and refused.stderr.count("\n") == 1
+    assert _check_cli(models["int8"], "--target", "onnx").exit_code == 2

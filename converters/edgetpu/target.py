@@ -133,6 +133,18 @@ class EdgeTpuConverter:
         meta.update(REPRODUCIBLE)  # of the .edgetpu.tflite; the compiler's own output is not checked here
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
 
+    def check(self, path: Path, compiler_log: Path | None = None) -> dict[str, Any]:
+        """`mnv4-deploy check`: the static per-op verdict for any .tflite, plus a compiler log's
+        table when given one (e.g. from a machine where edgetpu_compiler is installed)."""
+        from .compiler import parse_compiler_log
+
+        result = static_check_summary(Path(path))
+        if compiler_log is not None:
+            log = parse_compiler_log(Path(compiler_log).read_text(errors="replace"))
+            result["compiler_log"] = {**log.to_dict(), "table": log.format_table()}
+            result["fully_mapped"] = result["fully_mapped"] and log.fully_mapped
+        return result
+
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
         return litert_runner(Path(artifact.path))
 
