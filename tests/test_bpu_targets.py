@@ -258,3 +258,37 @@ def test_hybrid_on_x3_without_strict_is_built_and_marked_cpu(tmp_path, image_dir
     assert "run on the CPU on bernoulli2" in note and "Softmax" in note
     readme = (_bundle(tmp_path, "hybrid_medium", "bpu-x3") / "README.md").read_text()
     assert "(Softmax): conditional" in readme and "(Transpose): cpu" in readme
+
+
+# ---- `mnv4-deploy check --target bpu-x3|bpu-x5 FILE.onnx`: the op list against any ONNX ------------
+def _check_cli(*args):
+    from typer.testing import CliRunner
+
+    from mnv4_deploy.cli import app
+
+    return CliRunner().invoke(app, ["check", *map(str, args)])
+
+
+def test_check_command_passes_the_bundle_onnx_and_names_erf_on_x3(digits_bundle, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    bundle = next(digits_bundle[1].glob("*.bpu"))
+    onnx_file = next(bundle.glob("*.onnx"))
+    for target in ("bpu-x5", "bpu-x3"):
+        ok = _check_cli(onnx_file, "--target", target, "--strict")
+        assert ok.exit_code == 0 and "every node stays on the BPU" in ok.stdout, ok.output
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Erf", ["c"], ["y"])],
+                              "gelu_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], [0.1] * 12)])
+    erf = tmp_path / "erf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7), str(erf))
+    strict = _check_cli(erf, "--target", "bpu-x3", "--strict", "--compiler-log",
+                        FIXTURES / "checker_bernoulli2.log")
+    assert strict.exit_code == 3 and "(Erf): cpu" in strict.stdout, strict.output
+    assert "hb_mapper log:" in strict.stdout and "CPU:" in strict.stdout
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_text("nope")
+    refused = _check_cli(not_onnx, "--target", "bpu-x5")
+    assert refused.exit_code == 2 and "not an ONNX model" in refused.stderr

@@ -51,6 +51,36 @@ class BpuConverter:
             raise UsageError(f"--out {out} is inside the BPU bundle {found}; a bundle is not mixed with other output",
                              f"write next to it, e.g. --out {found.parent}")
 
+    def check(self, path: Path, compiler_log: Path | None = None) -> dict[str, Any]:
+        """`mnv4-deploy check --target bpu-x5 model.onnx`: the march's published op list against any
+        ONNX (what `hb_mapper checker` is expected to say), plus an hb_mapper log's node placement."""
+        import onnx
+
+        from .hb_log import parse_hb_mapper_log
+        from .march import check_onnx_ops
+
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise UsageError(f"{path}: not an ONNX model ({type(exc).__name__})", "pass a .onnx file") from None
+        march = get_march(self.row.march)
+        ops = check_onnx_ops(model, march)
+        problems = ops.problems()
+        head = (f"{self.row.name} ({march.name}): {len(model.graph.node)} nodes, opset {ops.opset}: "
+                + ("every node stays on the BPU" if ops.ok else f"{len(problems)} problem(s)"))
+        result: dict[str, Any] = {"target": self.row.name, "march": march.name, "fully_mapped": ops.ok,
+                                  "problems": problems, "off_bpu_op_types": ops.off_bpu_op_types,
+                                  "table": "\n".join([head, *(f"  {p}" for p in problems)])}
+        if compiler_log is not None:
+            log = parse_hb_mapper_log(Path(compiler_log).read_text(errors="replace"))
+            summary = log.to_dict()
+            lines = [f"hb_mapper log: {summary['bpu_nodes']}/{summary['nodes']} nodes on the BPU, "
+                     f"{summary['bpu_subgraphs']} BPU subgraph(s)",
+                     *(f"  CPU: {n['node']} ({n['op_type']})" for n in summary["cpu_nodes"])]
+            result["compiler_log"] = {**summary, "table": "\n".join(lines)}
+            result["fully_mapped"] = result["fully_mapped"] and not log.cpu_nodes
+        return result
+
     def _opset(self, options: ExportOptions) -> int:
         march = get_march(self.row.march)
         if "opset" not in options.changed():
