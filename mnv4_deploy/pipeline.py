@@ -246,6 +246,8 @@ def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result:
         logits = runner.run(ctx.prepared.golden.tensors)
         eval_logits = run_chunked(runner.run, ctx.evaluation.batch.tensors) if ctx.evaluation else None
         emulated = artifact.emulation(ctx.prepared.golden.tensors) if artifact.emulation is not None else None
+        if runner.cross_check is not None:
+            result.metadata["cross_check"] = _cross_check(runner.cross_check, ctx, logits)
     except Exception as exc:
         result.status, result.exit_code = VALIDATION_FAILED, EXIT_PARITY
         result.reason = f"running the artifact failed: {_one_line(exc)}"
@@ -256,6 +258,15 @@ def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result:
     ctx.log(f"{conv.info.name}: {STATUS_TEXT[result.status]} (cosine {result.parity['cosine']:.6f}, "
             f"max abs {result.parity['max_abs']:.2e}) -> {artifact.path}")
     return result
+
+
+def _cross_check(second: Any, ctx: RunContext, logits: np.ndarray) -> dict[str, Any]:
+    """A second runtime on the golden inputs: its parity with PyTorch and with the judged runtime."""
+    from .validate import compare
+
+    other = second.run(ctx.prepared.golden.tensors)
+    return {"runtime": second.runtime, "parity": compare(ctx.prepared.reference_logits, other).to_dict(),
+            "vs_judged_runtime": compare(logits, other).to_dict()}
 
 
 def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logits: np.ndarray | None,

@@ -117,6 +117,9 @@ class Runner:
 
     run: Callable[[np.ndarray], np.ndarray]
     runtime: str  # e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
+    # a second runtime for the same artifact (Core ML on macOS: the NumPy reference executor);
+    # its parity is reported beside the judged one, so two implementations can be compared
+    cross_check: "Runner | None" = None
 
 
 @dataclass

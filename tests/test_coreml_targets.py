@@ -227,8 +227,17 @@ def test_mac_runner_feeds_uint8_images(runs, monkeypatch):
             pixels = np.asarray(image, np.float32).transpose(2, 0, 1)[None]
             return executor.run({"image": pixels})
 
-    monkeypatch.setattr(sys, "platform", "darwin")
-    monkeypatch.setattr(ct.models, "MLModel", FakeMLModel)
+    real_mlmodel = ct.models.MLModel
+
+    def mlmodel(model_path, compute_units=None, skip_model_load=False):
+        if skip_model_load:  # the reference executor reads the spec (it runs beside Core ML on macOS)
+            return real_mlmodel(model_path, skip_model_load=True)
+        return FakeMLModel(model_path, compute_units)
+
+    from converters.coreml import runtime
+
+    monkeypatch.setattr(runtime, "on_macos", lambda: True)
+    monkeypatch.setattr(ct.models, "MLModel", mlmodel)
     runner = COREML_FP16.runner(Artifact("coreml", path, "fp16"))
     prepared = prepare_model("conv_small", img_size=SMALL, golden_count=3, **QUIET)
     logits = runner.run(prepared.golden.tensors)
@@ -239,6 +248,7 @@ def test_mac_runner_feeds_uint8_images(runs, monkeypatch):
     with torch.no_grad():
         rounded = prepared.canonical(torch.from_numpy(prepared.contract.normalize(pixels))).numpy()
     assert compare(rounded, logits).cosine > 0.99
+    assert runner.cross_check is not None and runner.cross_check.runtime.startswith("coreml-mil")
 
 
 def test_channel_ratios_are_exact_with_and_without_a_first_conv():
@@ -395,3 +405,24 @@ def test_a_corrupt_package_is_a_clear_error(damage, message, runs, tmp_path):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UsageError, match="corrupt|directory"):
         COREML_FP16.runner(Artifact("coreml", path, "fp16"))
+
+
+def test_on_macos_core_ml_is_judged_and_the_reference_executor_cross_checks_it(monkeypatch, tmp_path):
+    """Linux cannot run MLModel.predict; a stand-in 'Core ML' (the executor, off by 0.1%) shows the
+    wiring: Core ML's result is judged, the executor's parity is reported beside it."""
+    from converters.coreml import runtime
+    from mnv4_deploy.registry import Runner
+
+    def fake_core_ml(path, input_name, output_name, contract, bgr):
+        reference = runtime._executor_runner(path, input_name, output_name, contract)
+        return Runner(run=lambda batch: reference.run(batch) * 1.001, runtime="stand-in Core ML")
+
+    monkeypatch.setattr(runtime, "on_macos", lambda: True)
+    monkeypatch.setattr(runtime, "_mlmodel_runner", fake_core_ml)
+    report = export("conv_small", "coreml-fp32", tmp_path, img_size=SMALL, golden_count=2, **QUIET)
+    result = report.result("coreml-fp32")
+    assert result.runtime == "stand-in Core ML"
+    check = result.metadata["cross_check"]
+    assert check["runtime"] == runtime.LINUX_RUNTIME and check["parity"]["cosine"] > 0.99999
+    assert 0 < check["vs_judged_runtime"]["max_abs"] and check["vs_judged_runtime"]["cosine"] > 0.9999
+    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["metadata"]["cross_check"]

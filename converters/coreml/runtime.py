@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -144,53 +144,73 @@ def to_pixels(batch: np.ndarray, contract: Preprocess) -> np.ndarray:
     return (batch.astype(np.float64) * std + mean).astype(np.float32)
 
 
-def coreml_runner(path: Path) -> Runner | NotRunnable:
-    """Core ML on macOS, the reference executor elsewhere; one sample at a time (batch 1 programs)."""
-    path = Path(path)
-    spec = read_spec(path)
-    feature = spec.description.input[0]
-    input_name, output_name = feature.name, spec.description.output[0].name
-    image = feature.type.WhichOneof("Type") == "imageType"
-    contract = read_embedded_contract(path) if image else None
-    bgr = image and _color(feature) == "BGR"
-    if sys.platform == "darwin":
-        ct = coremltools()
-        model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+def on_macos() -> bool:
+    """Whether Core ML itself can run here (one place, so tests can stand in for a Mac)."""
+    return sys.platform == "darwin"
 
-        def predict(sample: np.ndarray) -> np.ndarray:
-            if image:
-                from PIL import Image
 
-                pixels = np.clip(np.rint(to_pixels(sample, contract)), 0, 255).astype(np.uint8)[0]
-                hwc = pixels.transpose(1, 2, 0)
-                feed: Any = Image.fromarray(np.ascontiguousarray(hwc[..., ::-1] if bgr else hwc), "RGB")
-            else:
-                feed = sample
-            return np.asarray(model.predict({input_name: feed})[output_name], np.float32)
-
-        runtime = f"coremltools {ct.__version__} MLModel.predict (macOS, CPU_ONLY)"
-        if image:
-            runtime += ", image input as uint8 pixels"
-    else:
-        from converters.coreml_mil import MilExecutor, MilExecutorError, UnsupportedOpError
-
-        try:
-            executor = MilExecutor.from_mlpackage(path)
-        except UnsupportedOpError as exc:
-            return NotRunnable(f"Core ML runs only on macOS, and the Linux reference executor cannot run this "
-                               f"program: {exc}")
-        except MilExecutorError as exc:
-            raise DeployError(f"{path.name}: {exc}", "the package is incomplete or corrupt; export it again") from None
-
-        def predict(sample: np.ndarray) -> np.ndarray:
-            feed = to_pixels(sample, contract) if image else sample
-            return executor.run({input_name: feed})[output_name]
-
-        runtime = LINUX_RUNTIME + (", image input fed as float pixels" if image else "")
-
+def _per_sample(predict: Callable[[np.ndarray], np.ndarray], runtime: str) -> Runner:
+    """Batch-1 programs: run a batch one sample at a time."""
     def run(batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         outs = [np.asarray(predict(batch[i:i + 1]), np.float32).reshape(1, -1) for i in range(len(batch))]
         return np.concatenate(outs)
 
     return Runner(run=run, runtime=runtime)
+
+
+def _mlmodel_runner(path: Path, input_name: str, output_name: str, contract: Preprocess | None,
+                    bgr: bool) -> Runner:
+    """Core ML itself (macOS only), CPU_ONLY so results do not depend on the accelerator picked."""
+    ct = coremltools()
+    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+
+    def predict(sample: np.ndarray) -> np.ndarray:
+        if contract is not None:
+            from PIL import Image
+
+            pixels = np.clip(np.rint(to_pixels(sample, contract)), 0, 255).astype(np.uint8)[0]
+            hwc = pixels.transpose(1, 2, 0)
+            feed: Any = Image.fromarray(np.ascontiguousarray(hwc[..., ::-1] if bgr else hwc), "RGB")
+        else:
+            feed = sample
+        return np.asarray(model.predict({input_name: feed})[output_name], np.float32)
+
+    runtime = f"coremltools {ct.__version__} MLModel.predict (macOS, CPU_ONLY)"
+    return _per_sample(predict, runtime + (", image input as uint8 pixels" if contract is not None else ""))
+
+
+def _executor_runner(path: Path, input_name: str, output_name: str, contract: Preprocess | None) -> Runner | NotRunnable:
+    """The NumPy reference executor: reads only the saved package, runs anywhere."""
+    from converters.coreml_mil import MilExecutor, MilExecutorError, UnsupportedOpError
+
+    try:
+        executor = MilExecutor.from_mlpackage(path)
+    except UnsupportedOpError as exc:
+        return NotRunnable(f"Core ML runs only on macOS, and the Linux reference executor cannot run this "
+                           f"program: {exc}")
+    except MilExecutorError as exc:
+        raise DeployError(f"{path.name}: {exc}", "the package is incomplete or corrupt; export it again") from None
+
+    def predict(sample: np.ndarray) -> np.ndarray:
+        feed = to_pixels(sample, contract) if contract is not None else sample
+        return executor.run({input_name: feed})[output_name]
+
+    return _per_sample(predict, LINUX_RUNTIME + (", image input fed as float pixels" if contract is not None else ""))
+
+
+def coreml_runner(path: Path) -> Runner | NotRunnable:
+    """Core ML on macOS (with the reference executor as a cross-check), the executor elsewhere."""
+    path = Path(path)
+    spec = read_spec(path)
+    feature = spec.description.input[0]
+    input_name, output_name = feature.name, spec.description.output[0].name
+    image = feature.type.WhichOneof("Type") == "imageType"
+    contract = read_embedded_contract(path) if image else None
+    reference = _executor_runner(path, input_name, output_name, contract)
+    if not on_macos():
+        return reference
+    runner = _mlmodel_runner(path, input_name, output_name, contract, image and _color(feature) == "BGR")
+    if isinstance(reference, Runner):
+        runner.cross_check = reference  # both are reported; Core ML's own result is the one judged
+    return runner
