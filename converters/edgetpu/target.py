@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import UsageError
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
 from ..tflite.common import REPRODUCIBLE
 from ..tflite.int8_target import BACKENDS, embed_contract, plan_emulation, require_plan
 from ..tflite.io_types import check_io_dtype
-from ..tflite.runtime import describe_tflite, litert_runner
+from ..tflite.runtime import TfliteArtifacts
 
 DEFAULT_IO_DTYPE = "uint8"
 _IO_DTYPES = ("int8", "uint8")
@@ -76,7 +76,7 @@ def compile_if_available(path: Path, job: ConvertJob) -> dict[str, Any]:
             "table": log.format_table()}
 
 
-class EdgeTpuConverter:
+class EdgeTpuConverter(TfliteArtifacts):
     """Full-integer, integer-I/O TFLite for the EdgeTPU, with the static check in its metadata."""
 
     def __init__(self, info: TargetInfo):
@@ -145,11 +145,6 @@ class EdgeTpuConverter:
             result["fully_mapped"] = result["fully_mapped"] and log.fully_mapped
         return result
 
-    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
-        return litert_runner(Path(artifact.path))
-
-    def describe(self, path: Path) -> dict[str, Any]:
-        return describe_tflite(Path(path))
 
 
 EDGETPU = EdgeTpuConverter(TargetInfo(

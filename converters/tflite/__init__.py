@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import UsageError
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
 from .common import LAYOUTS, METADATA_NAME, REPRODUCIBLE, check_layout, tool_versions
 from .convert import RECIPES, export_float_tflite, quantize_tflite
 from .metadata import contract_payload, embed_metadata, read_embedded_contract, read_metadata
-from .runtime import open_interpreter, describe_tflite, litert_runner
+from .runtime import TfliteArtifacts, describe_tflite, litert_runner, open_interpreter
 
 __all__ = ["TFLITE_FP32", "TFLITE_FP16", "TFLITE_DYNAMIC", "TfliteConverter", "read_embedded_contract",
            "read_metadata", "embed_metadata", "contract_payload", "litert_runner", "describe_tflite",
@@ -39,7 +39,7 @@ _FLOAT_BACKENDS = ("litert_torch", "ai_edge_litert")
 _QUANT_BACKENDS = (*_FLOAT_BACKENDS, "ai_edge_quantizer")
 
 
-class TfliteConverter:
+class TfliteConverter(TfliteArtifacts):
     """Float TFLite (fp32), or its fp16-weight / dynamic-range rewrite, of the canonical model."""
 
     def __init__(self, info: TargetInfo, kind: str):
@@ -91,11 +91,6 @@ class TfliteConverter:
         meta.update(REPRODUCIBLE)
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=emulation)
 
-    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
-        return litert_runner(Path(artifact.path))
-
-    def describe(self, path: Path) -> dict[str, Any]:
-        return describe_tflite(Path(path))
 
 
 _COMMON = dict(format="tflite", extra="tflite", options=("layout", "fold"))

@@ -14,12 +14,12 @@ from typing import Any, Callable
 import numpy as np
 
 from mnv4_deploy.errors import UsageError
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
 from .common import REPRODUCIBLE, check_layout, tool_versions
 from .io_types import IO_DTYPES, check_io_dtype
 from .metadata import contract_payload, embed_metadata
-from .runtime import describe_tflite, litert_runner, open_interpreter
+from .runtime import TfliteArtifacts, describe_tflite, open_interpreter
 
 BACKENDS = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
 _FULL_INTEGER: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -60,7 +60,7 @@ def embed_contract(path: Path, job: ConvertJob, info: TargetInfo, layout: str) -
             "outputs": facts["outputs"], "op_histogram": facts["op_histogram"]}
 
 
-class TfliteInt8Converter:
+class TfliteInt8Converter(TfliteArtifacts):
     """Full-integer TFLite (int8 weights per channel, int8 activations) of the run's plan."""
 
     def __init__(self, info: TargetInfo):
@@ -84,11 +84,6 @@ class TfliteInt8Converter:
         meta.update(REPRODUCIBLE)
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
 
-    def runner(self, artifact: Artifact) -> Runner | NotRunnable:
-        return litert_runner(Path(artifact.path))
-
-    def describe(self, path: Path) -> dict[str, Any]:
-        return describe_tflite(Path(path))
 
 
 TFLITE_INT8 = TfliteInt8Converter(TargetInfo(

@@ -26,6 +26,16 @@ def open_interpreter(path: Path) -> Any:
     return interpreter
 
 
+class TfliteArtifacts:
+    """What every TFLite target does with its artifact: run it in LiteRT here, describe it."""
+
+    def runner(self, artifact: Any) -> Runner:
+        return litert_runner(Path(artifact.path))
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        return describe_tflite(Path(path))
+
+
 def _tensor_facts(detail: dict[str, Any]) -> dict[str, Any]:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     facts = {"name": detail["name"], "shape": [int(d) for d in detail["shape"]],
