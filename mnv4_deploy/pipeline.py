@@ -194,6 +194,7 @@ class RunContext:
     plan: Any = None  # quantize.PlanStage, built once when an int8 target needs it
     max_drop: float | None = None
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    run_cache: dict[Any, Any] = field(default_factory=dict)  # ConvertJob.run_cache: shared by this run's targets
     log: Log = print
 
 
@@ -205,7 +206,8 @@ def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) 
         job = ConvertJob(model=ctx.prepared.canonical, contract=ctx.prepared.contract, example=ctx.prepared.example,
                          workdir=workdir, stem=ctx.stem, options=ctx.options, recipe=ctx.recipe,
                          calibration=ctx.calibration, upstream=ctx.artifacts.get(info.upstream or ""),
-                         plan=ctx.plan, evaluation=ctx.evaluation, model_info=ctx.prepared.model_info, log=ctx.log)
+                         plan=ctx.plan, evaluation=ctx.evaluation, model_info=ctx.prepared.model_info,
+                         run_cache=ctx.run_cache, log=ctx.log)
         artifact = conv.convert(job)
         companions = tuple(move_into_place(p, ctx.out_dir / p.name) for p in artifact.companions)
         return replace(artifact, path=move_into_place(artifact.path, ctx.out_dir / artifact.path.name),

@@ -89,6 +89,7 @@ class ConvertJob:
     plan: Any = None  # quantize.PlanStage: the run's one int8 plan (targets with needs_calibration)
     evaluation: Any = None  # pipeline.Evaluation (labeled batch + reference logits) when --eval-data is given
     model_info: dict[str, Any] = field(default_factory=dict)  # the report's model section (name, weights hash)
+    run_cache: dict[Any, Any] = field(default_factory=dict)  # lives for one run: work several targets share
     log: Callable[[str], None] = print
 
 

@@ -157,6 +157,20 @@ def test_too_few_calibration_images_warn_with_the_number(tmp_path):
     assert result.metadata["forecast_on"] == "calibration" and result.metadata["emulated"][0]["accuracy"] is None
 
 
+def test_both_marches_in_one_run_share_one_int8_emulation(tmp_path):
+    """Same model, same calibration files, same recipe: the second bundle reuses the first's plan."""
+    make_images(tmp_path / "few", 5)
+    log = Log()
+    report = export("conv_small", "bpu-x5,bpu-x3", tmp_path / "out", img_size=SMALL, calib_data=tmp_path / "few",
+                    log=log)
+    assert report.exit_code == 0
+    assert sum("bpu int8 emulation:" in line for line in log) == 1
+    x5, x3 = (report.result(t).metadata for t in ("bpu-x5", "bpu-x3"))
+    assert x5["int8_emulation"] == x3["int8_emulation"]
+    int8 = [[v["parity"] for v in meta["emulated"] if v["name"] == "int8"][0] for meta in (x5, x3)]
+    assert int8[0] == int8[1]
+
+
 # ---- bad input -----------------------------------------------------------------------------
 def test_output_inside_an_existing_bundle_is_refused_before_writing(tmp_path):
     bundle = tmp_path / "m.bayes-e.bpu"
