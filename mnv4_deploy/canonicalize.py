@@ -3,7 +3,7 @@
 Folding is found by observation, not by knowing block classes: one forward pass with hooks
 records which norm consumes exactly the tensor a convolution produced (and which LayerScale
 consumes a projection's output). Those pairs fold exactly. The MQA pre-norm follows a
-residual add and is handled on its own (DESIGN §3). Every fold is checked numerically
+residual add and is handled on its own (docs/field-notes.md). Every fold is checked numerically
 against the un-folded model by `verify`.
 """
 from __future__ import annotations

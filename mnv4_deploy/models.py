@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 from .errors import DeployError, UsageError
 from .preprocess import Preprocess
 
-# The five variants of the MNv4 paper, pinned to the checkpoint whose numbers DESIGN §3 quotes.
+# The five variants of the MNv4 paper, pinned to the checkpoint whose numbers docs/field-notes.md quotes.
 PAPER_VARIANTS: dict[str, str] = {
     "conv_small": "mobilenetv4_conv_small.e2400_r224_in1k",
     "conv_medium": "mobilenetv4_conv_medium.e500_r224_in1k",

@@ -1,7 +1,7 @@
 """Hybrid MNv4 (attention): quantizers on matmul/softmax, and onnxruntime runs them int8.
 
 Structure only: there is no trained hybrid here, and random-init attention says nothing
-about accuracy (DESIGN §5), so this checks placement, export and fusion, plus parity with
+about accuracy (docs/field-notes.md), so this checks placement, export and fusion, plus parity with
 onnxruntime's reference (unfused) execution of the same QDQ graph.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from mnv4_deploy.registry import ExportOptions
 from conftest import SMALL
 
 # find_spec, not importorskip: importing litert_torch at collection would slow every later
-# PyTorch test in the session (DESIGN section 5); the converter imports it only when converting.
+# PyTorch test in the session (docs/field-notes.md); the converter imports it only when converting.
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")),
     reason="needs mnv4-deploy[tflite]")

@@ -1,6 +1,6 @@
 """Canonical PyTorch model -> Core ML ML Program (.mlpackage), with metadata and stable bytes.
 
-Route (coremltools 9, see DESIGN section 5): `torch.export.export(model, (example,))`
+Route (coremltools 9, see docs/field-notes.md): `torch.export.export(model, (example,))`
 `.run_decompositions({})` (a raw ExportedProgram is refused as "TRAINING dialect"; the
 `torch.jit.trace` route fails on hybrids with numpy 2.x), then `ct.convert(...,
 convert_to="mlprogram")` with fp16 or fp32 compute and float32 I/O. The W8 target rewrites
@@ -224,7 +224,7 @@ def convert_float(model: Any, example: Any, contract: Any, *, fp16: bool, min_ta
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         raise DeployError(f"coremltools could not convert the model ({type(exc).__name__}: {text})",
-                          "see DESIGN.md section 5 for the known coremltools limits") from exc
+                          "docs/field-notes.md lists the known coremltools limits") from exc
     return mlmodel, facts
 
 

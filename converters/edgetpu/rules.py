@@ -19,7 +19,7 @@ Sources for the constraint table (`OP_TABLE` and the generic checks):
   tetutaro/yolo_various_framework weights/README.md; maxbbraun/thermal-face issue #2.
 - Coral, "Edge TPU Compiler": https://coral.ai/docs/edgetpu/compiler/ (host requirements and
   the apt install commands in `INSTALL_HINT`; `-s` prints the op table, `-o` the out dir).
-- This project's /work/shared/DESIGN.md section 5 (no grouped CONV_2D, no BATCH_MATMUL,
+- This project's docs/field-notes.md (no grouped CONV_2D, no BATCH_MATMUL,
   no DEQUANTIZE mid-graph; the compiler maps ops up to the first unsupported one).
 The Coral table documents no kernel-size or stride limits, so none are invented here.
 """
@@ -105,7 +105,7 @@ def same_dilation(op: OpInfo) -> list[str]:
 
 
 def not_grouped(op: OpInfo) -> list[str]:
-    """Grouped CONV_2D (filter channels < input channels) has no EdgeTPU kernel (DESIGN.md 5)."""
+    """Grouped CONV_2D (filter channels < input channels) has no EdgeTPU kernel (docs/field-notes.md)."""
     groups = op.options.get("groups", 1)
     if groups == 1:
         return []
