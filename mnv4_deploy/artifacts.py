@@ -1,10 +1,14 @@
 """Atomic writes: nothing half-written is ever left under a final name.
 
 Files and directories are built in a temporary sibling (same filesystem) and renamed into
-place; an interrupted run leaves at most a `.tmp-*` directory, which the next run removes.
+place; an interrupted or killed run leaves at most a `.tmp-<pid>@<host>_*` entry, which the
+next run holding the directory's lock removes (run_lock.remove_stale_temp). A write that fails
+because the disk is full (or over quota, or read-only) becomes one `OutputNotWritable` line
+naming the path, and its temporary file is removed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,51 +17,77 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import OutputNotWritable, UsageError
+from .run_lock import TMP_PREFIX, owned_tmp_prefix  # noqa: F401  (TMP_PREFIX: re-exported)
 
-TMP_PREFIX = ".tmp-"
+# errors that mean "the output location cannot take more bytes", not a bug
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def output_write_error(exc: OSError, path: Path) -> OutputNotWritable | None:
+    """The one-line error for a write that failed for lack of room, or None for other errors."""
+    if exc.errno not in _NO_ROOM:
+        return None
+    where = exc.filename or path
+    return OutputNotWritable(f"cannot write {where}: {exc.strerror or os.strerror(exc.errno)}",
+                             "free space (or quota) under the output directory, or choose another --out; "
+                             "nothing half-written was kept")
 
 
 def ensure_writable_dir(path: Path, option: str = "--out") -> Path:
     """Create `path` if needed and prove it is writable, or raise a UsageError naming it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=TMP_PREFIX, delete=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=owned_tmp_prefix(), delete=True)
         probe.close()
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot write there ({exc.strerror or exc})",
                          "choose a directory you can write to") from None
-    for stale in path.glob(TMP_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     return path
 
 
 def private_workdir(parent: Path) -> Path:
-    """A fresh temporary directory inside `parent` (so the final rename stays atomic)."""
-    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
+    """A fresh temporary directory inside `parent` (so the final rename stays atomic).
+
+    Its name carries this process's pid and host, so a later run can tell the work of a
+    killed run (stale, removed) from the work of a live one (kept).
+    """
+    return Path(tempfile.mkdtemp(prefix=owned_tmp_prefix(), dir=parent))
 
 
 def move_into_place(src: Path, dest: Path) -> Path:
     """Rename `src` (file or directory) to `dest`, replacing an older artifact of that name."""
-    if dest.is_dir() and not dest.is_symlink():
-        old = dest.with_name(TMP_PREFIX + "old-" + dest.name)
-        os.replace(dest, old)
-        os.replace(src, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dest)
+    try:
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.with_name(owned_tmp_prefix() + "old-" + dest.name)
+            os.replace(dest, old)
+            try:
+                os.replace(src, dest)
+            except BaseException:
+                os.replace(old, dest)  # put the previous artifact back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(src, dest)
+    except OSError as exc:
+        raise output_write_error(exc, dest) or exc
     return dest
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    """Write `text` to a temporary sibling, then rename it over `path` (never half-written)."""
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as fh:
+        fd, tmp = tempfile.mkstemp(prefix=owned_tmp_prefix(), dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_write_error(exc, path) or exc from None
         raise
     return path
 

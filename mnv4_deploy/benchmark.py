@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import pipeline
-from .errors import EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_PARITY, DeployError, UsageError
+from .errors import (EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_OUTPUT_IN_USE, EXIT_PARITY, EXIT_USAGE, DeployError,
+                     UsageError)
 from .progress import Progress
 from .registry import ExportOptions, TargetLoadError, find_targets, load_target, parse_targets
 from .report import (ACCURACY_FAILED, BACKEND_MISSING, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT,
@@ -197,7 +198,7 @@ def run_model(model: str, spec: MatrixSpec, selection: Selection, out_dir: Path,
                             max_drop=spec.max_drop, options=ExportOptions(), quant_config=spec.quant_config,
                             log=progress.log, step=progress.step, sensitivity_images=spec.sensitivity_images)
         except DeployError as exc:
-            if exc.exit_code == 2:  # bad input is the same for every model: stop, as export would
+            if exc.exit_code in (EXIT_USAGE, EXIT_OUTPUT_IN_USE):  # bad input / a busy --out: stop, as export would
                 raise
             report = _failed_report(model, out_dir, selection.runnable, exc.one_line(), code=exc.exit_code)
         except Exception as exc:
@@ -238,6 +239,7 @@ def run_matrix(spec: MatrixSpec, progress: Progress | None = None,
     and KeyboardInterrupt propagates (the CLI exits 130).
     """
     from .artifacts import ensure_writable_dir
+    from .run_lock import output_lock
 
     names = spec.target_names()
     selection = select_targets(names, spec, explicit=spec.targets != "all")
@@ -246,14 +248,14 @@ def run_matrix(spec: MatrixSpec, progress: Progress | None = None,
     progress.total = progress.total or len(spec.models) * len(names)
     started, started_wall = time.perf_counter(), time.time()
     reports: list[Report] = []
-    with progress:
+    with output_lock(out, log=progress.log), progress:
         try:
             for model in spec.models:
                 reports.append(run_model(model, spec, selection, out / model_dir_name(model), progress, export))
         except KeyboardInterrupt:
             _finish(spec, out, names, started, started_wall, progress, interrupted=True)
             raise
-    merged = _finish(spec, out, names, started, started_wall, progress, interrupted=False)
+        merged = _finish(spec, out, names, started, started_wall, progress, interrupted=False)
     return MatrixRun(merged, reports, time.perf_counter() - started, progress.phase_seconds())
 
 

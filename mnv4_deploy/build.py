@@ -256,17 +256,43 @@ def _gather(spec: MatrixSpec, todo: Sequence[tuple[str, tuple[str, ...], str]], 
     return model_dirs
 
 
-def run_build(spec: MatrixSpec, jobs: int = 1, progress: Any = None, quiet: bool = False) -> dict[str, Any]:
+def run_build(spec: MatrixSpec, jobs: int = 1, progress: Any = None, quiet: bool = False) -> dict[str, Any] | None:
     """The whole build: the matrix (in `jobs` processes), then the merged manifest and report."""
-    import time
-
     from .artifacts import ensure_writable_dir
     from .benchmark import run_matrix
-    from .merge import merge
+    from .run_lock import output_lock
 
     if jobs <= 1:
         return run_matrix(spec, progress).merged
     out = ensure_writable_dir(Path(spec.out))
+    with output_lock(out, log=progress.log if progress is not None else (lambda _m: None)):
+        return _run_units(spec, jobs, out, quiet)
+
+
+def _stop_units(pool: ProcessPoolExecutor, exc: KeyboardInterrupt) -> None:
+    """Cancel queued units; on SIGTERM (which only this process got) pass running ones a Ctrl-C.
+
+    Ctrl-C reaches the workers by itself (same process group); SIGTERM does not, and without
+    this the pool would wait for every running unit to finish. SIGINT, not SIGTERM, so each
+    worker still writes its report of what finished.
+    """
+    import signal
+
+    from .signals import Terminated
+
+    pool.shutdown(wait=False, cancel_futures=True)
+    if isinstance(exc, Terminated):
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public API for the workers
+            if proc.is_alive() and proc.pid:
+                os.kill(proc.pid, signal.SIGINT)
+
+
+def _run_units(spec: MatrixSpec, jobs: int, out: Path, quiet: bool) -> dict[str, Any] | None:
+    """`run_build` with --jobs > 1, while holding `out`: each unit writes its own directory."""
+    import time
+
+    from .merge import merge
+
     work = out / ".units"
     shutil.rmtree(work, ignore_errors=True)
     todo = [(m, g, str(work / f"{model_dir_name(m)}--{'+'.join(g)}")) for m, g in units(spec)]
@@ -275,8 +301,12 @@ def run_build(spec: MatrixSpec, jobs: int = 1, progress: Any = None, quiet: bool
     interrupted = False
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            for f in [pool.submit(_run_unit, spec, m, g, d, quiet, threads) for m, g, d in todo]:
-                f.result()
+            try:
+                for f in [pool.submit(_run_unit, spec, m, g, d, quiet, threads) for m, g, d in todo]:
+                    f.result()
+            except KeyboardInterrupt as exc:
+                _stop_units(pool, exc)
+                raise
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -30,9 +30,12 @@ def _err(text: str) -> None:
 
 
 def _guarded(fn: Callable[[], int]) -> None:
-    """Run a command body; map typed errors to one line and their exit code."""
+    """Run a command body; map typed errors to one line and their exit code (SIGTERM: as Ctrl-C)."""
+    from .signals import exit_code_for, sigterm_as_interrupt
+
     try:
-        code = fn()
+        with sigterm_as_interrupt():
+            code = fn()
     except DeployError as exc:
         _err(f"error: {exc.one_line()}")
         if os.environ.get(DEBUG_ENV):
@@ -41,9 +44,11 @@ def _guarded(fn: Callable[[], int]) -> None:
     except BrokenPipeError:  # `mnv4-deploy inspect x | head`: the reader left, not an error
         sys.stdout = open(os.devnull, "w")
         raise typer.Exit(0) from None
-    except KeyboardInterrupt:
-        _err("interrupted: no half-written artifact was left; report.json says what finished")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        code = exit_code_for(exc)
+        what = "interrupted" if code == 130 else "terminated (SIGTERM)"
+        _err(f"{what}: no half-written artifact was left; report.json says what finished")
+        raise typer.Exit(code) from None
     except typer.Exit:
         raise
     except Exception as exc:  # a bug or an unexpected backend failure
@@ -471,9 +476,12 @@ def merge_command(
 ) -> None:
     """Merge manifests of many runs (e.g. one per CI job), re-checking every artifact's sha256."""
     def body() -> int:
+        from .artifacts import ensure_writable_dir
         from .merge import merge
+        from .run_lock import output_lock
 
-        merged = merge(dirs, out)
+        with output_lock(ensure_writable_dir(out), log=_err):
+            merged = merge(dirs, out)
         return _print_matrix(merged, as_json or output is OutputFormat.json, quiet, out)
     _guarded(body)
 

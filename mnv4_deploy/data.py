@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,30 +15,69 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import UsageError
-from .preprocess import Preprocess
+from .errors import UnreadableImage, UsageError
+from .preprocess import Preprocess, decode_image, printable_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 Log = Callable[[str], None]
+GOLDEN_MINIMUM = 2  # BatchNorm re-estimation (training-mode batch statistics) and paired statistics need two
 
 
 def _noop(_: str) -> None:
     pass
 
 
-def find_images(root: str | Path, option: str = "--data") -> list[Path]:
-    """All image files below `root`, sorted by relative path (the deterministic order)."""
+def find_images(root: str | Path, option: str = "--data", log: Log = _noop) -> list[Path]:
+    """All image files below `root`, sorted by relative path (the deterministic order).
+
+    Symlinked folders are followed, each real folder once: a symlink loop, or a second link to
+    a folder already listed, is skipped with a warning instead of hanging or repeating images.
+    A folder that cannot be listed is skipped with a warning. Entries with an image suffix that
+    are not regular files (FIFOs, dangling symlinks) are kept here and named as unreadable when
+    decoded, so the user sees them.
+    """
     root = Path(root)
     if not root.exists():
-        raise UsageError(f"{option} {root}: no such directory", "pass a folder of jpg/png images")
+        raise UsageError(f"{option} {printable_path(root)}: no such directory", "pass a folder of jpg/png images")
     if not root.is_dir():
-        raise UsageError(f"{option} {root}: not a directory", "pass a folder of jpg/png images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise UsageError(f"{option} {printable_path(root)}: not a directory", "pass a folder of jpg/png images")
+    files = sorted(_walk_images(root, option, log))
     if not files:
-        raise UsageError(f"{option} {root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})",
+        raise UsageError(f"{option} {printable_path(root)}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})",
                          "point it at a folder that holds jpg/png images")
     return files
+
+
+def _walk_images(root: Path, option: str, log: Log) -> list[Path]:
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: Path) -> None:
+        try:
+            info = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            log(f"warning: {option}: skipping folder {printable_path(folder)}: {exc.strerror or exc}")
+            return
+        if (info.st_dev, info.st_ino) in seen:
+            log(f"warning: {option}: skipping {printable_path(folder)}: a symlink to a folder already listed "
+                "(or a symlink loop)")
+            return
+        seen.add((info.st_dev, info.st_ino))
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; a loop raises ELOOP or is caught by `seen`
+            except OSError:
+                is_dir = False
+            if is_dir:
+                visit(path)
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path)
+
+    visit(root)
+    return found
 
 
 def sample_files(files: Sequence[Path], count: int | None, seed: int) -> list[Path]:
@@ -47,6 +87,23 @@ def sample_files(files: Sequence[Path], count: int | None, seed: int) -> list[Pa
         return files
     chosen = random.Random(seed).sample(range(len(files)), count)
     return [files[i] for i in sorted(chosen)]
+
+
+def draw_order(total: int, count: int | None, seed: int) -> list[int]:
+    """Indices to try, in order: `sample_files`' choice first (sorted), then seeded replacements.
+
+    When every chosen file reads, the result is exactly `sample_files`' sample; each unreadable
+    one is replaced by the next of the remaining files in a seeded shuffle, so the same folder
+    and seed always give the same images.
+    """
+    if count is None or count >= total:
+        return list(range(total))
+    rng = random.Random(seed)
+    chosen = rng.sample(range(total), count)
+    taken = set(chosen)
+    rest = [i for i in range(total) if i not in taken]
+    rng.shuffle(rest)
+    return sorted(chosen) + rest
 
 
 def file_sha256(path: Path) -> str:
@@ -79,46 +136,76 @@ class ImageBatch:
 def _hash_batch(contract: Preprocess, entries: Sequence[str]) -> str:
     h = hashlib.sha256(contract.sha256().encode())
     for entry in entries:
-        h.update(entry.encode())
+        h.update(entry.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names hash by their bytes
         h.update(b"\n")
     return h.hexdigest()
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:  # a labels.csv entry outside the folder
+        return str(path)
+
+
 def load_images(files: Sequence[Path], contract: Preprocess, root: Path, option: str,
-                log: Log = _noop, labels: Sequence[int] | None = None) -> ImageBatch:
-    """Preprocess `files`; corrupt images are skipped and named, never fatal alone."""
-    tensors, kept, skipped, kept_labels, entries = [], [], [], [], []
+                log: Log = _noop, labels: Sequence[int] | None = None, count: int | None = None,
+                minimum: int = 1, needed_for: str = "") -> ImageBatch:
+    """Preprocess `files` in order until `count` images read (all when None).
+
+    An unreadable file (`UnreadableImage`) is skipped and named, and the next file takes its
+    place, so `files` in `draw_order` gives a seeded sample with replacements. Fewer than
+    `minimum` readable images is one UsageError saying how many were found and needed (for what).
+    """
+    tensors, kept, skipped, kept_labels, entries, order = [], [], [], [], [], []
     for i, path in enumerate(files):
+        if count is not None and len(tensors) >= count:
+            break
+        rel = _relative(path, root)
         try:
-            tensors.append(contract.load_image(path))
-        except Exception as exc:  # PIL raises many types for broken files
-            rel = str(path.relative_to(root))
-            skipped.append(rel)
-            log(f"warning: skipping unreadable image {rel}: {type(exc).__name__}: {exc}")
+            tensors.append(decode_image(path, contract))
+        except UnreadableImage as exc:
+            skipped.append(printable_path(rel))
+            log(f"warning: skipping unreadable image {printable_path(rel)}: {exc.reason}")
             continue
-        rel = str(path.relative_to(root))
-        kept.append(rel)
+        order.append(i)
+        kept.append(printable_path(rel))
         entries.append(f"{rel}:{file_sha256(path)}")
         if labels is not None:
             kept_labels.append(int(labels[i]))
     if not tensors:
-        raise UsageError(f"{option} {root}: none of the {len(files)} images could be read",
+        raise UsageError(f"{option} {printable_path(root)}: none of the {len(skipped)} images could be read",
                          "check the files are valid jpg/png images")
+    if len(tensors) < minimum:
+        raise UsageError(f"{option} {printable_path(root)}: found {len(tensors)} readable images "
+                         f"({len(skipped)} unreadable), {minimum} needed for {needed_for or 'this step'}",
+                         "add readable jpg/png images to the folder")
+    rank = sorted(range(len(order)), key=order.__getitem__)  # back to the files' (sorted) order
     return ImageBatch(
-        tensors=np.stack(tensors).astype(np.float32), source=str(root), files=kept, skipped=skipped,
-        labels=np.asarray(kept_labels, dtype=np.int64) if labels is not None else None,
-        sha256=_hash_batch(contract, entries),
+        tensors=np.stack([tensors[k] for k in rank]).astype(np.float32), source=printable_path(root),
+        files=[kept[k] for k in rank], skipped=skipped,
+        labels=np.asarray([kept_labels[k] for k in rank], dtype=np.int64) if labels is not None else None,
+        sha256=_hash_batch(contract, [entries[k] for k in rank]),
     )
 
 
 def image_folder_batch(root: str | Path, contract: Preprocess, count: int | None, seed: int = 0,
-                       option: str = "--data", log: Log = _noop) -> ImageBatch:
-    """A seeded sample of `count` images from any folder (recursive), preprocessed."""
+                       option: str = "--data", log: Log = _noop, minimum: int = 1,
+                       needed_for: str = "") -> ImageBatch:
+    """A seeded sample of `count` readable images from any folder (recursive), preprocessed.
+
+    Unreadable files are replaced from the remaining ones (seeded, deterministic) until `count`
+    images are read; fewer than `minimum` readable images in the whole folder is an error.
+    """
     root = Path(root)
-    files = find_images(root, option)
-    if count is not None and len(files) < count:
-        log(f"warning: {option} {root} has {len(files)} images, fewer than the {count} asked for; using all")
-    return load_images(sample_files(files, count, seed), contract, root, option, log)
+    files = find_images(root, option, log)
+    order = draw_order(len(files), count, seed)
+    batch = load_images([files[i] for i in order], contract, root, option, log, count=count,
+                        minimum=minimum, needed_for=needed_for)
+    if count is not None and len(batch) < count:
+        log(f"warning: {option} {printable_path(root)} has {len(batch)} readable images, fewer than the {count} "
+            "asked for; using all")
+    return batch
 
 
 def synthetic_batch(contract: Preprocess, count: int, seed: int = 0) -> ImageBatch:
@@ -151,7 +238,8 @@ def golden_batch(contract: Preprocess, data_dir: str | Path | None, count: int =
     """The fixed inputs parity is judged on: real images when given, seeded synthetic otherwise."""
     if data_dir is None:
         return synthetic_batch(contract, count, seed)
-    return image_folder_batch(data_dir, contract, count, seed, option="--data", log=log)
+    return image_folder_batch(data_dir, contract, count, seed, option="--data", log=log, minimum=GOLDEN_MINIMUM,
+                              needed_for="random-init BatchNorm re-estimation and the parity statistics")
 
 
 # ---- labeled sets ---------------------------------------------------------------------------

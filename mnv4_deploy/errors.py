@@ -48,9 +48,35 @@ class BackendMissing(DeployError):
     exit_code = 5
 
 
+class OutputInUse(DeployError):
+    """Another live run holds the output directory's lock (exit 6): nothing was written."""
+
+    exit_code = 6
+
+
+class OutputNotWritable(UsageError):
+    """Writing under the output directory failed (disk full, quota, read-only): exit 2."""
+
+
+class UnreadableImage(UsageError):
+    """One image file cannot be decoded; `reason` is one line (callers usually skip the file)."""
+
+    def __init__(self, path: object, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ArtifactUnreadable(UsageError):
+    """An artifact given to validate/inspect/check is empty, truncated or not of its format (exit 2)."""
+
+
 EXIT_OK = 0
 EXIT_OTHER = DeployError.exit_code
 EXIT_USAGE = UsageError.exit_code
 EXIT_PARITY = ParityFailed.exit_code
 EXIT_ACCURACY = AccuracyDropExceeded.exit_code
 EXIT_BACKEND = BackendMissing.exit_code
+EXIT_OUTPUT_IN_USE = OutputInUse.exit_code
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
+EXIT_TERMINATED = 143  # SIGTERM (CI cancel, `kill`, container stop): 128 + 15

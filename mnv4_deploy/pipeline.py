@@ -16,14 +16,16 @@ import numpy as np
 from . import canonicalize as canon
 from . import data as datasets
 from . import models
-from .artifacts import ensure_writable_dir, move_into_place, private_workdir, sha256_path, size_bytes
-from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, UsageError
+from .artifacts import (ensure_writable_dir, move_into_place, output_write_error, private_workdir, sha256_path,
+                        size_bytes)
+from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
 from .recipes import Recipe, load_recipe
 from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, find_targets, load_target,
                        parse_targets, target_for_artifact)
 from .report import (ACCURACY_FAILED, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT, VALIDATION_FAILED,
                      Report, TargetResult)
+from .run_lock import output_lock
 
 Log = Callable[[str], None]
 RANDOM_INIT_SEED = 0
@@ -212,6 +214,16 @@ def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) 
         companions = tuple(move_into_place(p, ctx.out_dir / p.name) for p in artifact.companions)
         return replace(artifact, path=move_into_place(artifact.path, ctx.out_dir / artifact.path.name),
                        companions=companions)
+    except OutputNotWritable:
+        raise  # disk full under --out: every later write would fail too; one line, exit 2
+    except OSError as exc:
+        no_room = output_write_error(exc, workdir)
+        if no_room is not None:
+            raise no_room from None
+        result.reason = _one_line(exc)
+        result.exit_code = EXIT_OTHER
+        ctx.log(f"{info.name}: export failed: {result.reason}")
+        return None
     except Exception as exc:
         result.reason = _one_line(exc)
         result.exit_code = exc.exit_code if isinstance(exc, DeployError) else EXIT_OTHER
@@ -368,42 +380,44 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
         if check_output_dir is not None:
             check_output_dir(out_path)
     out_dir = ensure_writable_dir(out_path)
-    step("prepare model")
-    prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
-                             num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
-                             seed=seed, fold=options.fold, recipe=recipe, log=log)
-    ctx = RunContext(prepared=prepared, recipe=recipe, options=options, out_dir=out_dir,
-                     stem=label.replace(":", "_").replace("/", "_"), max_drop=max_drop, log=log)
-    if calib_data is not None and any(c.info.needs_calibration for c in converters):
-        step("calibration images")
-        ctx.calibration = datasets.image_folder_batch(calib_data, prepared.contract, calib_size or recipe.calibration_size,
-                                                      recipe.calibration_seed, option="--calib-data", log=log)
-        prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
-        log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
-    if eval_data is not None:
-        step("evaluation reference")
-    ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
-    if ctx.calibration is not None and any(c.info.needs_calibration and c.info.shared_plan for c in converters):
-        from .quantize import build_plan_stage
+    with output_lock(out_dir, log=log):  # one run per --out; stale temp work of killed runs removed
+        step("prepare model")
+        prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
+                                 num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
+                                 seed=seed, fold=options.fold, recipe=recipe, log=log)
+        ctx = RunContext(prepared=prepared, recipe=recipe, options=options, out_dir=out_dir,
+                         stem=label.replace(":", "_").replace("/", "_"), max_drop=max_drop, log=log)
+        if calib_data is not None and any(c.info.needs_calibration for c in converters):
+            step("calibration images")
+            ctx.calibration = datasets.image_folder_batch(
+                calib_data, prepared.contract, calib_size or recipe.calibration_size, recipe.calibration_seed,
+                option="--calib-data", log=log, minimum=calib_size or 1, needed_for=f"--calib-size {calib_size}")
+            prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
+            log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
+        if eval_data is not None:
+            step("evaluation reference")
+        ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
+        if ctx.calibration is not None and any(c.info.needs_calibration and c.info.shared_plan for c in converters):
+            from .quantize import build_plan_stage
 
-        step("int8 plan")
-        ctx.plan = build_plan_stage(prepared.canonical, ctx.calibration, recipe, ctx.evaluation, max_drop, log,
-                                    sensitivity_images=sensitivity_images)
-    report = _new_report(ctx)
-    try:
-        for conv in converters:
-            step(f"target {conv.info.name}")
-            report.results.append(run_target(conv, ctx))
-    except KeyboardInterrupt:
-        report.interrupted = True
-        done = {r.target for r in report.results}
-        report.results += [TargetResult(target=c.info.name, precision=c.info.precision, status=SKIPPED,
-                                        reason="interrupted", exit_code=EXIT_OTHER)
-                           for c in converters if c.info.name not in done]
+            step("int8 plan")
+            ctx.plan = build_plan_stage(prepared.canonical, ctx.calibration, recipe, ctx.evaluation, max_drop, log,
+                                        sensitivity_images=sensitivity_images)
+        report = _new_report(ctx)
+        try:
+            for conv in converters:
+                step(f"target {conv.info.name}")
+                report.results.append(run_target(conv, ctx))
+        except KeyboardInterrupt:
+            report.interrupted = True
+            done = {r.target for r in report.results}
+            report.results += [TargetResult(target=c.info.name, precision=c.info.precision, status=SKIPPED,
+                                            reason="interrupted", exit_code=EXIT_OTHER)
+                               for c in converters if c.info.name not in done]
+            report.write(out_dir)
+            raise
         report.write(out_dir)
-        raise
-    report.write(out_dir)
-    return report
+        return report
 
 
 def _check_artifact_io(description: Mapping[str, Any], prepared: PreparedModel, path: Path) -> None:
@@ -455,5 +469,6 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
     report.results.append(judge_artifact(conv, Artifact(conv.info.name, path, conv.info.precision), ctx, result))
     report.results[0].artifact = str(path)
     if out is not None:
-        report.write(out_dir)
+        with output_lock(out_dir, log=log):
+            report.write(out_dir)
     return report

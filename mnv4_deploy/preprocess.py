@@ -8,9 +8,13 @@ differs per checkpoint.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -114,26 +118,33 @@ class Preprocess:
 
     # ---- images -------------------------------------------------------------------------
     def load_pixels(self, path: str | Path) -> np.ndarray:
-        """Read an image file, resize and crop it: float32 RGB CHW in 0-255, not normalized."""
-        from PIL import Image
+        """Read an image file, resize and crop it: float32 RGB CHW in 0-255, not normalized.
 
-        with Image.open(path) as img:
-            img.load()
-            return self.pixels_from_pil(img)
+        Raises `UnreadableImage` with a one-line reason for anything that is not a decodable
+        image (see `decode_pixels`).
+        """
+        return decode_pixels(path, self)
 
     def pixels_from_pil(self, img: "Any") -> np.ndarray:
-        img = img.convert("RGB")
+        img = to_rgb(img)
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
         new_short = self.resize_short
         new_long = int(new_short * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), resample=_PIL_FILTERS[self.interpolation])
         ch, cw = self.crop_size
         top = int(round((new_h - ch) / 2.0))
         left = int(round((new_w - cw) / 2.0))
-        img = img.crop((left, top, left + cw, top + ch))
+        if new_w * new_h > _MAX_RESIZED_PIXELS:
+            # an extreme aspect ratio (say 1 x 100000) would need gigabytes for the full resize:
+            # resample only the region the centre crop keeps (the same sampling positions)
+            sx, sy = new_w / w, new_h / h
+            box = (left / sx, top / sy, (left + cw) / sx, (top + ch) / sy)
+            img = img.resize((cw, ch), resample=_PIL_FILTERS[self.interpolation], box=box)
+        else:
+            if (new_w, new_h) != (w, h):
+                img = img.resize((new_w, new_h), resample=_PIL_FILTERS[self.interpolation])
+            img = img.crop((left, top, left + cw, top + ch))
         arr = np.asarray(img, dtype=np.float32)  # H, W, C in 0-255
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -144,5 +155,105 @@ class Preprocess:
         return ((pixels.astype(np.float32) - mean) / std).astype(np.float32)
 
     def load_image(self, path: str | Path) -> np.ndarray:
-        """Read an image file into the model's normalized CHW float32 input."""
+        """Read an image file into the model's normalized CHW float32 input (`decode_image`)."""
         return self.normalize(self.load_pixels(path))
+
+
+# ---- decoding what users' folders hold --------------------------------------------------------
+# Resized images above this many pixels are resampled only where the crop keeps (4096 x 4096).
+_MAX_RESIZED_PIXELS = 1 << 24
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def printable_path(path: str | Path) -> str:
+    """`path` as text that always encodes: undecodable bytes of a non-UTF-8 name become \\xNN.
+
+    Linux file names are bytes; Python maps invalid UTF-8 to lone surrogates, which crash
+    printing, hashing and JSON writers. Logs and reports use this form; the bytes stay on disk.
+    """
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def to_rgb(img: "Any") -> "Any":
+    """Any PIL mode -> 8-bit RGB, as timm's `img.convert('RGB')` does, with one exception.
+
+    Alpha (RGBA, LA, PA, P with transparency) is dropped and palette/greyscale/CMYK are
+    expanded exactly like timm, so inputs match what published accuracy was measured with.
+    16-bit greyscale (I;16*) is scaled to 8 bits (value / 257) instead of being clipped at 255,
+    which would turn nearly every pixel white; ImageNet holds no 16-bit images, so this does
+    not move published numbers. EXIF orientation is NOT applied (timm does not apply it).
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT:
+        from PIL import Image
+
+        wide = np.asarray(img, dtype=np.uint16).astype(np.float32)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+def _unreadable(path: Path, reason: str) -> Exception:
+    from .errors import UnreadableImage
+
+    return UnreadableImage(printable_path(path), reason)
+
+
+def _regular_file(path: Path) -> None:
+    """Refuse, before opening, what would hang (a FIFO) or cannot be an image file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise _unreadable(path, "dangling symlink" if os.path.islink(path) else "no such file") from None
+    except OSError as exc:
+        reason = "symlink loop" if exc.errno == errno.ELOOP else f"cannot stat ({exc.strerror or exc})"
+        raise _unreadable(path, reason) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device")
+        raise _unreadable(path, f"not a regular file ({kind})")
+    if info.st_size == 0:
+        raise _unreadable(path, "empty file")
+
+
+def decode_pixels(path: str | Path, contract: Preprocess) -> np.ndarray:
+    """Decode, resize and crop one image file: float32 RGB CHW in 0-255.
+
+    Raises `errors.UnreadableImage` (one-line `reason`) for a dangling symlink, a FIFO, an empty
+    or unreadable file, an unknown or truncated format, a decompression bomb (over PIL's
+    `Image.MAX_IMAGE_PIXELS` guard: the file is named, the limit stated) or a colour mode with no
+    RGB conversion. Safe to call from worker processes: no global state is changed.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    _regular_file(path)
+    try:
+        with open(path, "rb") as fh, Image.open(fh) as img:
+            img.load()
+            return contract.pixels_from_pil(img)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise _unreadable(path, f"decompression bomb: {size}, over PIL's limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
+                                "(raise PIL.Image.MAX_IMAGE_PIXELS if the file is genuine)") from None
+    except UnidentifiedImageError:
+        raise _unreadable(path, "not an image format PIL can read") from None
+    except MemoryError:
+        raise _unreadable(path, "too large to decode in memory") from None
+    except OSError as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = f"truncated file ({text})" if "truncated" in text else f"cannot read ({exc.strerror or text})"
+        raise _unreadable(path, reason) from None
+    except ValueError as exc:
+        if "conversion from" in str(exc):
+            raise _unreadable(path, f"unsupported colour mode ({str(exc).splitlines()[0]})") from None
+        raise _unreadable(path, f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # PIL's plugins raise SyntaxError, struct.error, EOFError, ... for broken files
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise _unreadable(path, f"cannot decode ({type(exc).__name__}: {first})") from None
+
+
+def decode_image(path: str | Path, contract: Preprocess) -> np.ndarray:
+    """One image file -> the model's normalized CHW float32 input; `UnreadableImage` if it is not one."""
+    return contract.normalize(decode_pixels(path, contract))
