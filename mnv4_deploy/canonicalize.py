@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .same_padding import PadStats, canonicalize_padding
+from .same_padding import describe as describe_padding
 from .validate import ParityMetrics, compare
 
 
@@ -44,7 +46,13 @@ class FoldStats:
     prenorms_to_affine: int = 0
     norms_left: list[str] = field(default_factory=list)
     fused_attention_disabled: int = 0
+    padding: PadStats = field(default_factory=PadStats)
     verification: ParityMetrics | None = None
+
+    @property
+    def pads_rewritten(self) -> int:
+        """SAME convs and explicit zero pads put into canonical form."""
+        return self.padding.total
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +62,8 @@ class FoldStats:
             "mqa_prenorms_as_affine": self.prenorms_to_affine,
             "norms_left": self.norms_left,
             "fused_attention_disabled": self.fused_attention_disabled,
+            "pads_rewritten": self.pads_rewritten,
+            "padding": describe_padding(self.padding),
             "verification": self.verification.to_dict() if self.verification else None,
         }
 
@@ -193,9 +203,14 @@ def disable_fused_attention(model: nn.Module) -> int:
 
 
 def canonicalize(model: nn.Module, example: torch.Tensor, fold: bool = True) -> tuple[nn.Module, FoldStats]:
-    """A folded, exportable copy of `model` (eval mode); the input model is not touched."""
+    """A folded, exportable copy of `model` (eval mode); the input model is not touched.
+
+    SAME padding is rewritten even with `fold=False`: it is not a fold but a fixed-size form
+    of the same function, and the int8 engine and converters need plain convs.
+    """
     canonical = copy.deepcopy(model).eval()
     stats = FoldStats(fused_attention_disabled=disable_fused_attention(canonical))
+    canonical, stats.padding = canonicalize_padding(canonical, example)
     if not fold:
         stats.norms_left = [n for n, m in canonical.named_modules() if _is_norm(m)]
         return canonical, stats

@@ -3,8 +3,9 @@
 The placement follows what int8 runtimes fuse, not what PyTorch's module tree looks like:
 - a conv/linear/add followed only by a ReLU shares one output quantizer, placed after the
   ReLU (the runtime folds the ReLU into the output's zero point);
-- reshape-like ops (reshape, transpose, flatten, slicing) move integers without changing
-  them, so they re-quantize with their input's grid (a "shared" point, numerically a no-op)
+- reshape-like ops (reshape, transpose, flatten, slicing, zero padding) move integers without
+  changing them, so they re-quantize with their input's grid (a "shared" point, numerically a
+  no-op; a zero pad adds only zeros, exactly on the grid because the zero point is an integer)
   and identity-like ops (Identity, Dropout, contiguous) get nothing;
 - every other op producing a float tensor from data (add, mul, matmul, softmax, pooling,
   concat, GELU, per-channel affines) gets its own output quantizer, and so does the input.
@@ -125,10 +126,21 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+def _is_zero_pad_call(node: fx.Node) -> bool:
+    """`F.pad(x, pads)` in constant mode with value 0 (the default)."""
+    if node.op != "call_function" or node.target not in (F.pad, torch._C._nn.pad):
+        return False
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+    return mode == "constant" and not value
+
+
 def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     """weighted | act | identity | reshape | op."""
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
+        if isinstance(m, nn.ConstantPad2d) and float(m.value) == 0.0:
+            return "reshape"
         for kind, types in (("weighted", WEIGHTED), ("act", FUSED_ACT_MODULES),
                             ("identity", IDENTITY_MODULES), ("reshape", RESHAPE_MODULES)):
             if isinstance(m, types):
@@ -143,7 +155,7 @@ def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_function":
         if node.target in FUSED_ACT_FUNCS:
             return "act"
-        if node.target in RESHAPE_FUNCS:
+        if node.target in RESHAPE_FUNCS or _is_zero_pad_call(node):
             return "reshape"
     return "op"
 
