@@ -83,6 +83,21 @@ EvalSizeOpt = Annotated[Optional[int], typer.Option("--eval-size", help="evaluat
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="fail (exit 4) when top-1 drops more "
                                                      "than this many points")]
 QuantOpt = Annotated[str, typer.Option("--quant-config", help="shipped recipe name or a recipe YAML file")]
+EvalShardOpt = Annotated[Optional[str], typer.Option("--eval-shard", help="evaluate only the K-th of N deterministic "
+                                                     "shards, K/N (merge the records with merge-eval)")]
+EvalWorkersOpt = Annotated[int, typer.Option("--eval-workers", help="processes decoding labeled images "
+                                             "(0: in the main process)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted evaluation from the records "
+                                         "in --out/eval/")]
+
+
+def _eval_options(shard: Optional[str], workers: int, resume: bool, eval_data: Optional[Path]) -> dict:
+    from .errors import UsageError
+
+    if eval_data is None and (shard is not None or resume):
+        raise UsageError(f"{'--eval-shard' if shard is not None else '--resume'} needs labeled images",
+                         "pass --eval-data DIR")
+    return {"shard": shard, "workers": workers, "resume": resume}
 
 
 class OutputFormat(str, Enum):
@@ -142,6 +157,9 @@ def export_command(
     eval_size: EvalSizeOpt = None,
     max_drop: MaxDropOpt = None,
     quant_config: QuantOpt = "default",
+    eval_shard: EvalShardOpt = None,
+    eval_workers: EvalWorkersOpt = 2,
+    resume: ResumeOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the result table")] = False,
     output: Annotated[OutputFormat, typer.Option("--output", help="table or json on stdout")] = OutputFormat.table,
 ) -> None:
@@ -153,7 +171,7 @@ def export_command(
         model, to, out, quiet, output, options, weights=weights, pretrained=pretrained, num_classes=num_classes,
         img_size=img_size, data=data, golden_count=golden_count, seed=seed, calib_data=calib_data,
         calib_size=calib_size, eval_data=eval_data, eval_size=eval_size, max_drop=max_drop,
-        quant_config=quant_config))
+        quant_config=quant_config, eval_options=_eval_options(eval_shard, eval_workers, resume, eval_data)))
 
 
 app.command("export")(export_command)
@@ -176,6 +194,7 @@ def validate_command(
     eval_size: EvalSizeOpt = None,
     max_drop: MaxDropOpt = None,
     quant_config: QuantOpt = "default",
+    eval_workers: EvalWorkersOpt = 2,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="also write report.json/.md here")] = None,
     output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
 ) -> None:
@@ -187,7 +206,8 @@ def validate_command(
         report = validate_artifact(artifact, model, target=target, weights=weights, pretrained=pretrained,
                                    num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
                                    seed=seed, eval_data=eval_data, eval_size=eval_size, max_drop=max_drop,
-                                   quant_config=quant_config, out=out, log=log)
+                                   quant_config=quant_config, out=out, log=log,
+                                   eval_options=_eval_options(None, eval_workers, False, eval_data))
         if output is OutputFormat.json:
             print(json.dumps(report.to_dict(), indent=2, default=str))
         else:
@@ -483,6 +503,29 @@ def merge_command(
         with output_lock(ensure_writable_dir(out), log=_err):
             merged = merge(dirs, out)
         return _print_matrix(merged, as_json or output is OutputFormat.json, quiet, out)
+    _guarded(body)
+
+
+@app.command("merge-eval")
+def merge_eval_command(
+    dirs: Annotated[list[Path], typer.Argument(help="--out folders of the sharded runs (each holds eval/)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where the merged eval/ records and summary go")] = Path("."),
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="fail (exit 4) when a target's top-1 "
+                                                      "drop over all shards exceeds this many points")] = None,
+    output: OutputOpt = OutputFormat.table,
+) -> None:
+    """Merge the per-image records of `--eval-shard K/N` runs: the numbers of one unsharded run."""
+    def body() -> int:
+        from .artifacts import ensure_writable_dir
+        from .eval_merge import merge_eval
+
+        summary = merge_eval(dirs, ensure_writable_dir(out), _check_max_drop(max_drop, Path(".")))
+        if output is OutputFormat.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print(summary["table"])
+            print(f"\nwrote {out}/eval/ and {out}/eval_summary.json; exit code {summary['exit_code']}")
+        return summary["exit_code"]
     _guarded(body)
 
 

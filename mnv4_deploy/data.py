@@ -9,6 +9,7 @@ import csv
 import hashlib
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -244,6 +245,12 @@ def golden_batch(contract: Preprocess, data_dir: str | Path | None, count: int =
 
 # ---- labeled sets ---------------------------------------------------------------------------
 
+DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+DEVKIT_META = "meta.mat"
+DEVKIT_IMAGE = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$", re.IGNORECASE)
+DEVKIT_CLASSES = 1000  # devkit ids 1..1000 are the ILSVRC2012 classes (leaf synsets)
+
+
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k WordNet ids in index order (sorted), as timm ships them."""
     from importlib import resources
@@ -252,41 +259,134 @@ def imagenet_wnids() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def labeled_batch(root: str | Path, contract: Preprocess, count: int | None = None, seed: int = 0,
-                  num_classes: int | None = None, log: Log = _noop) -> ImageBatch:
-    """A labeled set: a folder with `labels.csv` (file,class_index,...) or an ImageFolder tree.
+@dataclass(frozen=True)
+class LabeledSet:
+    """A labeled image list in its deterministic order, before any image is decoded.
 
-    ImageFolder class folders may be named by class index (`0`, `17`) or by ImageNet wnid.
+    `layout` says how labels were found: "labels.csv", "imagefolder" or "devkit".
+    """
+
+    root: Path
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]
+    layout: str
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, positions: Sequence[int]) -> "LabeledSet":
+        return LabeledSet(self.root, tuple(self.files[i] for i in positions),
+                          tuple(self.labels[i] for i in positions), self.layout)
+
+    def listing_sha256(self, contract: Preprocess) -> str:
+        """Identity of the list (names and labels, not file bytes): what shards of one set share."""
+        return _hash_batch(contract, [f"{_relative(p, self.root)}:{lbl}" for p, lbl in zip(self.files, self.labels)])
+
+
+def find_ground_truth(root: Path) -> Path | None:
+    """The devkit ground-truth file in `root`, `root/data` or `root/ILSVRC2012_devkit_t12/data`."""
+    for folder in (root, root / "data", root / "ILSVRC2012_devkit_t12" / "data"):
+        if (folder / DEVKIT_GROUND_TRUTH).is_file():
+            return folder / DEVKIT_GROUND_TRUTH
+    return None
+
+
+def devkit_id_to_wnid(meta_path: Path) -> dict[int, str]:
+    """The devkit's 1-based ILSVRC2012_ID -> WNID map from its meta.mat (`synsets` struct array)."""
+    from scipy.io import loadmat
+
+    try:
+        synsets = loadmat(str(meta_path), squeeze_me=True, struct_as_record=False)["synsets"]
+    except Exception as exc:  # scipy raises ValueError/KeyError/OSError for files that are not meta.mat
+        raise UsageError(f"--eval-data: {meta_path}: not a readable devkit meta.mat ({type(exc).__name__}: {exc})",
+                         "use data/meta.mat from ILSVRC2012_devkit_t12") from None
+    return {int(s.ILSVRC2012_ID): str(s.WNID) for s in np.atleast_1d(synsets)}
+
+
+def _devkit_pairs(root: Path, truth: Path, option: str) -> list[tuple[Path, int]]:
+    """Flat ILSVRC2012_val_*.JPEG folder + devkit ground truth -> (file, torchvision class index).
+
+    The ground-truth file holds 1-based devkit ids (line n: image n), which are NOT the class
+    indices timm/torchvision models use (those follow the sorted wnid order); meta.mat next to
+    the ground-truth file maps id -> wnid, and the wnid's position in the sorted list is the index.
+    """
+    images = {}
+    for path in root.iterdir():
+        match = DEVKIT_IMAGE.match(path.name)
+        if match and path.is_file():
+            images[int(match.group(1))] = path
+    lines = [line.strip() for line in truth.read_text().splitlines() if line.strip()]
+    if len(lines) != len(images):
+        raise UsageError(f"{option}: {truth.name} has {len(lines)} labels but {root} holds {len(images)} "
+                         "ILSVRC2012_val_*.JPEG images", "use the complete validation folder with its devkit file")
+    meta = truth.parent / DEVKIT_META
+    if not meta.is_file():
+        raise UsageError(f"{option}: {meta} not found: devkit ids are not class indices",
+                         "put the devkit's data/meta.mat beside the ground-truth file")
+    id_to_wnid = devkit_id_to_wnid(meta)
+    index_of = {w: i for i, w in enumerate(imagenet_wnids())}
+    pairs = []
+    for number in sorted(images):
+        if not 1 <= number <= len(lines):
+            raise UsageError(f"{option}: {images[number].name} has no line in {truth.name} "
+                             f"({len(lines)} lines)", "use the complete validation folder with its devkit file")
+        text = lines[number - 1]
+        devkit_id = int(text) if text.isdigit() else -1
+        if not 1 <= devkit_id <= DEVKIT_CLASSES or id_to_wnid.get(devkit_id) not in index_of:
+            raise UsageError(f"{option}: {truth.name} line {number}: id {text!r} is not a devkit class id "
+                             f"1..{DEVKIT_CLASSES} in {meta.name}", "use the ILSVRC2012 devkit's files")
+        pairs.append((images[number], index_of[id_to_wnid[devkit_id]]))
+    return pairs
+
+
+def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, int]]:
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
+            raise UsageError(f"{csv_path}: needs the columns file,class_index", "fix the CSV header")
+        return [(root / row["file"], int(row["class_index"])) for row in reader]
+
+
+def _folder_pairs(root: Path, option: str) -> list[tuple[Path, int]]:
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not subdirs:
+        raise UsageError(f"{option} {root}: neither labels.csv, class subfolders nor devkit ground truth found",
+                         "use an ImageFolder tree, add labels.csv (file,class_index), or ILSVRC2012_val_*.JPEG "
+                         f"with {DEVKIT_GROUND_TRUTH} and meta.mat")
+    pairs: list[tuple[Path, int]] = []
+    wnid_index = None
+    for sub in subdirs:
+        if sub.name.isdigit():
+            label = int(sub.name)
+        else:
+            wnid_index = wnid_index or {w: i for i, w in enumerate(imagenet_wnids())}
+            if sub.name not in wnid_index:
+                raise UsageError(f"{option}: class folder {sub.name!r} is neither an index nor an ImageNet wnid",
+                                 "name class folders 0..N-1 or by wnid")
+            label = wnid_index[sub.name]
+        pairs.extend((f, label) for f in find_images(sub, option))
+    return pairs
+
+
+def labeled_files(root: str | Path, count: int | None = None, seed: int = 0, num_classes: int | None = None
+                  ) -> LabeledSet:
+    """Find a labeled set and draw its seeded sample, without decoding any image.
+
+    Layouts: `labels.csv` (file,class_index,...); a flat ILSVRC2012 validation folder with the
+    devkit's ground truth and meta.mat; an ImageFolder tree with class folders named by class
+    index (`0`, `17`) or by ImageNet wnid.
     """
     root = Path(root)
     option = "--eval-data"
     if not root.is_dir():
         raise UsageError(f"{option} {root}: not a directory", "pass a folder with labels.csv or class subfolders")
-    csv_path = root / "labels.csv"
-    pairs: list[tuple[Path, int]] = []
+    csv_path, truth = root / "labels.csv", find_ground_truth(root)
     if csv_path.exists():
-        with open(csv_path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
-                raise UsageError(f"{csv_path}: needs the columns file,class_index", "fix the CSV header")
-            for row in reader:
-                pairs.append((root / row["file"], int(row["class_index"])))
+        pairs, layout = _csv_pairs(root, csv_path), "labels.csv"
+    elif truth is not None:
+        pairs, layout = _devkit_pairs(root, truth, option), "devkit"
     else:
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-        if not subdirs:
-            raise UsageError(f"{option} {root}: neither labels.csv nor class subfolders found",
-                             "use an ImageFolder tree or add labels.csv (file,class_index)")
-        wnid_index = None
-        for sub in subdirs:
-            if sub.name.isdigit():
-                label = int(sub.name)
-            else:
-                wnid_index = wnid_index or {w: i for i, w in enumerate(imagenet_wnids())}
-                if sub.name not in wnid_index:
-                    raise UsageError(f"{option}: class folder {sub.name!r} is neither an index nor an ImageNet wnid",
-                                     "name class folders 0..N-1 or by wnid")
-                label = wnid_index[sub.name]
-            pairs.extend((f, label) for f in find_images(sub, option))
+        pairs, layout = _folder_pairs(root, option), "imagefolder"
     if not pairs:
         raise UsageError(f"{option} {root}: no labeled images found", "check labels.csv or the class folders")
     if num_classes is not None:
@@ -300,4 +400,11 @@ def labeled_batch(root: str | Path, contract: Preprocess, count: int | None = No
                          "fix labels.csv")
     chosen = sample_files([p for p, _ in pairs], count, seed)
     label_of = {p: lbl for p, lbl in pairs}
-    return load_images(chosen, contract, root, option, log, labels=[label_of[p] for p in chosen])
+    return LabeledSet(root, tuple(chosen), tuple(label_of[p] for p in chosen), layout)
+
+
+def labeled_batch(root: str | Path, contract: Preprocess, count: int | None = None, seed: int = 0,
+                  num_classes: int | None = None, log: Log = _noop) -> ImageBatch:
+    """A labeled set (see `labeled_files`), decoded into memory: for small sets only."""
+    labeled = labeled_files(root, count, seed, num_classes)
+    return load_images(list(labeled.files), contract, labeled.root, "--eval-data", log, labels=list(labeled.labels))

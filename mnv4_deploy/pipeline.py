@@ -168,18 +168,10 @@ def torch_logits(model: Any, tensors: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Evaluation:
-    """The labeled set and the reference model's logits on it, computed once per run."""
+    """Labeled images held in memory with the reference's logits on them (conversion-time checks)."""
 
     batch: datasets.ImageBatch
     reference_logits: np.ndarray
-
-    def describe(self) -> dict[str, Any]:
-        from .validate import _topk_correct
-
-        labels = self.batch.labels
-        return {**self.batch.describe(),
-                "reference_top1": round(100.0 * float(_topk_correct(self.reference_logits, labels, 1).mean()), 4),
-                "reference_top5": round(100.0 * float(_topk_correct(self.reference_logits, labels, 5).mean()), 4)}
 
 
 @dataclass
@@ -192,7 +184,8 @@ class RunContext:
     out_dir: Path
     stem: str
     calibration: datasets.ImageBatch | None = None
-    evaluation: Evaluation | None = None
+    evaluation: Evaluation | None = None  # the held labeled images conversion-time checks use
+    eval_stage: Any = None  # eval_stage.EvalStage: the labeled set streamed after every target is judged
     plan: Any = None  # quantize.PlanStage, built once when an int8 target needs it
     max_drop: float | None = None
     artifacts: dict[str, Artifact] = field(default_factory=dict)
@@ -258,7 +251,8 @@ def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result:
             return result
         result.runtime = runner.runtime
         logits = runner.run(ctx.prepared.golden.tensors)
-        eval_logits = run_chunked(runner.run, ctx.evaluation.batch.tensors) if ctx.evaluation else None
+        if ctx.eval_stage is not None:  # accuracy comes later, in one pass for every target
+            ctx.eval_stage.runners[conv.info.name] = runner.run
         emulated = artifact.emulation(ctx.prepared.golden.tensors) if artifact.emulation is not None else None
         if runner.cross_check is not None:
             result.metadata["cross_check"] = _cross_check(runner.cross_check, ctx, logits)
@@ -268,7 +262,7 @@ def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result:
         return result
     finally:
         result.seconds_validate = round(time.perf_counter() - started, 3)
-    _judge(result, ctx, logits, eval_logits, emulated, artifact.emulation_bounds)
+    _judge(result, ctx, logits, emulated, artifact.emulation_bounds)
     ctx.log(f"{conv.info.name}: {STATUS_TEXT[result.status]} (cosine {result.parity['cosine']:.6f}, "
             f"max abs {result.parity['max_abs']:.2e}) -> {artifact.path}")
     return result
@@ -283,14 +277,14 @@ def _cross_check(second: Any, ctx: RunContext, logits: np.ndarray) -> dict[str, 
             "vs_judged_runtime": compare(logits, other).to_dict()}
 
 
-def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logits: np.ndarray | None,
-           emulated: np.ndarray | None = None, emulation_bounds: str = "emulation") -> None:
-    """Parity against the float reference, against the artifact's own emulation, then accuracy.
+def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, emulated: np.ndarray | None = None,
+           emulation_bounds: str = "emulation") -> None:
+    """Parity against the float reference and against the artifact's own emulation.
 
     The emulation bound (when a converter gives one) tells "the converter expressed its recipe"
     apart from "the recipe costs this much against float"; both gate.
     """
-    from .validate import accuracy, compare
+    from .validate import compare
 
     metrics = compare(ctx.prepared.reference_logits, logits)
     thresholds = ctx.recipe.thresholds(result.precision)
@@ -301,20 +295,40 @@ def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, eval_logit
         emu_metrics, emu_bounds = compare(emulated, logits), ctx.recipe.thresholds(emulation_bounds)
         result.emulation_parity, result.emulation_thresholds = emu_metrics.to_dict(), emu_bounds.to_dict()
         emulation_failures = [f"vs emulation: {f}" for f in emu_bounds.failures(emu_metrics)]
-    parity_failures = float_failures + emulation_failures
-    over_budget = []
-    if ctx.evaluation is not None and eval_logits is not None:
-        acc = accuracy(ctx.evaluation.reference_logits, eval_logits, ctx.evaluation.batch.labels)
-        result.accuracy = acc.to_dict()
-        if ctx.max_drop is not None and acc.drop_top1 > ctx.max_drop:
-            over_budget.append(f"top-1 drop {acc.drop_top1:.2f} pt > --max-drop {ctx.max_drop}")
-    result.failures = parity_failures + over_budget
-    if parity_failures:
+    result.failures = float_failures + emulation_failures
+    if result.failures:
         result.status, result.exit_code = VALIDATION_FAILED, EXIT_PARITY
-    elif over_budget:
-        result.status, result.exit_code = ACCURACY_FAILED, EXIT_ACCURACY
     else:
         result.status = PASSED
+
+
+def _judge_accuracy(result: TargetResult, acc: Any, max_drop: float | None) -> None:
+    """Record a target's accuracy; over the --max-drop budget fails it unless parity already did."""
+    result.accuracy = acc.to_dict()
+    if max_drop is not None and acc.drop_top1 > max_drop:
+        result.failures.append(f"top-1 drop {acc.drop_top1:.2f} pt > --max-drop {max_drop}")
+        if result.status == PASSED:
+            result.status, result.exit_code = ACCURACY_FAILED, EXIT_ACCURACY
+
+
+def _stream_evaluation(ctx: RunContext, report: Report, keep_records: bool = True) -> None:
+    """The labeled set, once, through the reference and every judged target; accuracy from its records.
+
+    Records go to `--out/eval/`; without `keep_records` they live in a temporary folder.
+    """
+    import tempfile
+
+    stage = ctx.eval_stage
+    if stage is None:
+        return
+    shas = {r.target: r.sha256 for r in report.results if r.target in stage.runners}
+    with tempfile.TemporaryDirectory(prefix="mnv4-eval-") as scratch:
+        records = stage.run(ctx.prepared.canonical, ctx.prepared, ctx.recipe, shas,
+                            ctx.out_dir if keep_records else Path(scratch), ctx.log)
+    report.evaluation = records.describe(ctx.prepared.contract.sha256())
+    for result in report.results:
+        if result.target in records.sides:
+            _judge_accuracy(result, records.accuracy(result.target), ctx.max_drop)
 
 
 def _check_run_inputs(converters: Sequence[Converter], calib_data: Any, eval_data: Any, max_drop: float | None) -> None:
@@ -329,11 +343,20 @@ def _check_run_inputs(converters: Sequence[Converter], calib_data: Any, eval_dat
             raise UsageError(f"--max-drop {max_drop}: must be between 0 and 100 (points of top-1)")
 
 
-def _evaluation(eval_data: Any, eval_size: int | None, seed: int, prepared: PreparedModel, log: Log) -> Evaluation | None:
+def _eval_stage(eval_data: Any, eval_size: int | None, seed: int, prepared: PreparedModel,
+                eval_options: Mapping[str, Any] | None) -> Any:
+    """The labeled set found and sampled (not decoded); None without --eval-data."""
     if eval_data is None:
         return None
-    batch = datasets.labeled_batch(eval_data, prepared.contract, eval_size, seed,
-                                   num_classes=prepared.model_info["num_classes"], log=log)
+    from .eval_stage import EvalStage
+
+    return EvalStage.open(eval_data, prepared.contract, count=eval_size, seed=seed,
+                          num_classes=prepared.model_info["num_classes"], **dict(eval_options or {}))
+
+
+def _held_evaluation(stage: Any, prepared: PreparedModel, log: Log) -> Evaluation:
+    """The first labeled images in memory, with reference logits, for conversion-time checks."""
+    batch = stage.held_batch(log)
     return Evaluation(batch, torch_logits(prepared.canonical, batch.tensors))
 
 
@@ -342,7 +365,7 @@ def _new_report(ctx: RunContext) -> Report:
     return Report(model=prepared.model_info, contract=prepared.contract.to_dict(), canonical=prepared.canonical_info,
                   golden=prepared.golden.describe(), options=ctx.options.to_dict(),
                   recipe={"name": recipe.name, **recipe.to_dict()}, out_dir=str(ctx.out_dir),
-                  evaluation=ctx.evaluation.describe() if ctx.evaluation else None,
+                  evaluation=None,  # filled from the evaluation records after every target is judged
                   quantization=ctx.plan.summary if ctx.plan is not None else None)
 
 
@@ -353,7 +376,8 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
            calib_data: str | Path | None = None, calib_size: int | None = None,
            eval_data: str | Path | None = None, eval_size: int | None = None, max_drop: float | None = None,
            options: ExportOptions | None = None, quant_config: str | Path = "default",
-           log: Log = print, step: Log | None = None, sensitivity_images: int = 0) -> Report:
+           log: Log = print, step: Log | None = None, sensitivity_images: int = 0,
+           eval_options: Mapping[str, Any] | None = None) -> Report:
     """Export `model` to every target, validate each artifact, write the report and manifest.
 
     Returns the `Report`; `report.exit_code` says whether every artifact passed. Bad input
@@ -362,6 +386,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
     are computed once and shared by every target. `step`, when given, is told the name of each
     long step as it starts (progress bars, phase timers); `sensitivity_images` > 0 adds a
     per-layer int8 sensitivity ranking on that many calibration images to the report.
+    `eval_options` (`shard` "K/N", `workers`, `resume`) steer the streamed labeled evaluation.
     """
     step = step or (lambda _name: None)
     options = options or ExportOptions()
@@ -394,9 +419,10 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
                 option="--calib-data", log=log, minimum=calib_size or 1, needed_for=f"--calib-size {calib_size}")
             prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
             log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
-        if eval_data is not None:
-            step("evaluation reference")
-        ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
+        ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)
+        if ctx.eval_stage is not None and any(c.info.needs_calibration for c in converters):
+            step("held labeled images")
+            ctx.evaluation = _held_evaluation(ctx.eval_stage, prepared, log)
         if ctx.calibration is not None and any(c.info.needs_calibration and c.info.shared_plan for c in converters):
             from .quantize import build_plan_stage
 
@@ -408,6 +434,9 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
             for conv in converters:
                 step(f"target {conv.info.name}")
                 report.results.append(run_target(conv, ctx))
+            if ctx.eval_stage is not None:
+                step("evaluation (one pass, every target)")
+                _stream_evaluation(ctx, report)
         except KeyboardInterrupt:
             report.interrupted = True
             done = {r.target for r in report.results}
@@ -444,7 +473,8 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
                       img_size: int | None = None, data: str | Path | None = None, golden_count: int = 8,
                       seed: int = 0, eval_data: str | Path | None = None, eval_size: int | None = None,
                       max_drop: float | None = None, quant_config: str | Path = "default", fold: bool = True,
-                      out: str | Path | None = None, log: Log = print) -> Report:
+                      out: str | Path | None = None, log: Log = print,
+                      eval_options: Mapping[str, Any] | None = None) -> Report:
     """Re-validate an existing artifact (e.g. after a vendor tool touched it) against the model."""
     path = Path(artifact)
     if not path.exists():
@@ -463,10 +493,11 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
     out_dir = ensure_writable_dir(Path(out)) if out is not None else path.parent
     ctx = RunContext(prepared=prepared, recipe=recipe, options=ExportOptions(fold=fold), out_dir=out_dir,
                      stem=path.stem, max_drop=max_drop, log=log)
-    ctx.evaluation = _evaluation(eval_data, eval_size, seed, prepared, log)
+    ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)
     report = _new_report(ctx)
     result = TargetResult(target=conv.info.name, precision=conv.info.precision, status=EXPORT_FAILED)
     report.results.append(judge_artifact(conv, Artifact(conv.info.name, path, conv.info.precision), ctx, result))
+    _stream_evaluation(ctx, report, keep_records=out is not None)
     report.results[0].artifact = str(path)
     if out is not None:
         with output_lock(out_dir, log=log):

@@ -133,12 +133,23 @@ def _mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def accuracy(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> AccuracyResult:
-    """Paired accuracy comparison of an artifact against the reference on labeled images."""
+def correct_flags(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image (top-1 correct, top-5 correct): the per-image record every accuracy figure comes from.
+
+    Row-wise, so computing it chunk by chunk gives the same flags as on the whole set.
+    """
     labels = np.asarray(labels, dtype=np.int64)
-    ref1, out1 = _topk_correct(reference_logits, labels, 1), _topk_correct(logits, labels, 1)
-    ref5, out5 = _topk_correct(reference_logits, labels, 5), _topk_correct(logits, labels, 5)
-    n = len(labels)
+    return _topk_correct(logits, labels, 1), _topk_correct(logits, labels, 5)
+
+
+def accuracy_from_records(reference_top1: np.ndarray, reference_top5: np.ndarray, top1: np.ndarray,
+                          top5: np.ndarray) -> AccuracyResult:
+    """Paired accuracy from per-image correctness records (same images, same order, both sides)."""
+    ref1, out1 = np.asarray(reference_top1, dtype=bool), np.asarray(top1, dtype=bool)
+    ref5, out5 = np.asarray(reference_top5, dtype=bool), np.asarray(top5, dtype=bool)
+    if not ref1.shape == out1.shape == ref5.shape == out5.shape:
+        raise ValueError(f"records of different lengths: reference {ref1.shape}, artifact {out1.shape}")
+    n = len(ref1)
     diff = ref1.astype(np.float64) - out1.astype(np.float64)
     mean = float(diff.mean())
     half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else float("inf")
@@ -150,3 +161,8 @@ def accuracy(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarra
         drop_top5=100.0 * float(ref5.mean() - out5.mean()),
         only_reference_right=b, only_artifact_right=c, mcnemar_p=_mcnemar_exact(b, c),
     )
+
+
+def accuracy(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> AccuracyResult:
+    """Paired accuracy comparison of an artifact against the reference on labeled images."""
+    return accuracy_from_records(*correct_flags(reference_logits, labels), *correct_flags(logits, labels))

@@ -1,0 +1,90 @@
+"""The labeled-set stage of a run: found before conversion, evaluated in one pass after it.
+
+Targets are converted and judged for parity first; each keeps its runner. Then the labeled set
+streams once through the reference and every runner (`evaluation.run_evaluation`), and each
+target's accuracy and `--max-drop` gate come from the per-image records.
+
+A few things need labeled images in memory during conversion (the int8 plan's accuracy-aware
+fallback, the BPU bundle's int8 forecast): they get the first `HELD_IMAGES` images of the
+sampled list, the same in every shard, so sharded runs build the same artifacts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import data as datasets
+from .evaluation import EvalRecords, EvalSpec, ShardSpec, run_evaluation
+from .preprocess import Preprocess
+from .streaming import DEFAULT_WORKERS, check_workers
+
+HELD_IMAGES = 500  # labeled images held in memory for conversion-time checks (fallback, BPU forecast)
+
+Run = Callable[[np.ndarray], np.ndarray]
+Log = Callable[[str], None]
+
+
+def torch_runner(model: Any) -> Run:
+    import torch
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+    return run
+
+
+@dataclass
+class EvalStage:
+    """One run's labeled set, its shard, and the runners that will see it."""
+
+    labeled: datasets.LabeledSet
+    contract: Preprocess
+    shard: ShardSpec | None = None
+    workers: int = DEFAULT_WORKERS
+    resume: bool = False
+    runners: dict[str, Run] = field(default_factory=dict)
+    records: EvalRecords | None = None
+
+    @classmethod
+    def open(cls, eval_data: str | Path, contract: Preprocess, *, count: int | None, seed: int,
+             num_classes: int | None, shard: str | ShardSpec | None = None, workers: int = DEFAULT_WORKERS,
+             resume: bool = False) -> "EvalStage":
+        """Find and sample the labeled set (no decoding yet); bad layouts and shard specs fail here."""
+        spec = ShardSpec.parse(shard) if isinstance(shard, str) else shard
+        labeled = datasets.labeled_files(eval_data, count, seed, num_classes)
+        EvalSpec(labeled, contract, {}, spec).chunk_ids()  # more shards than chunks: refused before any work
+        return cls(labeled, contract, spec, check_workers(workers), resume)
+
+    def held_batch(self, log: Log) -> datasets.ImageBatch:
+        """The first HELD_IMAGES labeled images, decoded into memory."""
+        held = self.labeled.subset(range(min(HELD_IMAGES, len(self.labeled))))
+        return datasets.load_images(list(held.files), self.contract, held.root, "--eval-data", log,
+                                    labels=list(held.labels))
+
+    def identity(self, prepared: Any, recipe: Any, artifacts: Mapping[str, str]) -> dict[str, Any]:
+        """What records of this run must share with a resumed run, or with the other shards."""
+        info = prepared.model_info
+        recipe_dict = {"name": recipe.name, **recipe.to_dict()}
+        return {"model": info.get("name"), "weights": info.get("weights"),
+                "weights_sha256": info.get("weights_sha256"),
+                "recipe": hashlib.sha256(json.dumps(recipe_dict, sort_keys=True, default=str).encode()).hexdigest(),
+                "contract": self.contract.sha256(), "targets": sorted(artifacts), "artifacts": dict(sorted(artifacts.items())),
+                "eval_set": self.labeled.listing_sha256(self.contract), "eval_layout": self.labeled.layout}
+
+    def run(self, reference: Any, prepared: Any, recipe: Any, artifacts: Mapping[str, str], out_dir: Path,
+            log: Log) -> EvalRecords:
+        """Stream the set once through the reference and every registered runner."""
+        spec = EvalSpec(self.labeled, self.contract, self.identity(prepared, recipe, artifacts), self.shard)
+        chunks = spec.chunk_ids()
+        shard = f" (shard {self.shard}: chunks {chunks[0]}-{chunks[-1]} of {spec.total_chunks()})" if self.shard else ""
+        log(f"evaluation: {len(self.labeled)} labeled images ({self.labeled.layout}) from {self.labeled.root}{shard}, "
+            f"one pass for reference + {len(self.runners)} target(s), {self.workers} decode worker(s)")
+        self.records = run_evaluation(spec, torch_runner(reference), self.runners, out_dir, workers=self.workers,
+                                      resume=self.resume, log=log)
+        return self.records

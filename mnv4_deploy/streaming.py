@@ -1,0 +1,133 @@
+"""Decode images in a pool of worker processes, chunk by chunk, in a fixed order.
+
+Evaluation and calibration at ImageNet scale cannot hold every image in memory: a worker pool
+decodes and preprocesses chunks of files through the one `Preprocess` contract (the very
+`decode_image` the in-memory path calls, so the numbers are the same), and chunks come back in
+submission order whatever the workers' timing. At most `workers + 2` chunks are decoded ahead
+of the consumer, so memory is bounded by the chunk size, not by the number of images.
+
+Workers are started with 'forkserver' (Linux) or 'spawn', never 'fork': the parent has torch,
+onnxruntime and TensorFlow loaded, whose thread pools do not survive a fork.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import sys
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import UnreadableImage, UsageError
+from .preprocess import Preprocess, decode_image
+
+DEFAULT_WORKERS = 2
+START_METHODS = ("forkserver", "spawn")
+
+
+@dataclass
+class DecodedChunk:
+    """One chunk of a file list: the readable images' tensors and what could not be read."""
+
+    chunk: int  # chunk number in the whole list
+    positions: list[int]  # positions (in the whole list) of the readable images, in order
+    tensors: np.ndarray  # (len(positions), 3, H, W) float32
+    sha256: list[str]  # file sha256 of each readable image
+    skipped: list[tuple[int, str]]  # (position, reason) of unreadable images
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def decode_chunk(contract: Preprocess, chunk: int, positions: Sequence[int], paths: Sequence[str]) -> DecodedChunk:
+    """Decode one chunk (runs in a worker); an unreadable image is skipped with its reason."""
+    tensors, kept, shas, skipped = [], [], [], []
+    for position, path in zip(positions, paths):
+        try:
+            tensors.append(decode_image(path, contract))
+        except UnreadableImage as exc:
+            skipped.append((position, exc.reason))
+            continue
+        kept.append(position)
+        shas.append(_file_sha256(path))
+    h, w = contract.crop_size
+    stacked = np.stack(tensors).astype(np.float32) if tensors else np.zeros((0, 3, h, w), np.float32)
+    return DecodedChunk(chunk, kept, stacked, shas, skipped)
+
+
+def chunk_ranges(count: int, chunk_size: int) -> list[range]:
+    """Positions of every chunk of a `count`-long list: the grid shards and resumes align to."""
+    return [range(i, min(i + chunk_size, count)) for i in range(0, count, chunk_size)]
+
+
+def default_start_method() -> str:
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+def check_workers(workers: int) -> int:
+    if not 0 <= workers <= 64:
+        raise UsageError(f"--eval-workers {workers}: must be between 0 and 64",
+                         "0 decodes in the main process; one per core is a good start")
+    return workers
+
+
+class ChunkDecoder:
+    """Decode chosen chunks of a file list with `workers` processes (0: in this process).
+
+    Use as a context manager; `chunks()` yields `DecodedChunk`s in the order asked for.
+    """
+
+    def __init__(self, files: Sequence[Path], contract: Preprocess, chunk_size: int, workers: int = DEFAULT_WORKERS,
+                 start_method: str | None = None):
+        self.files = [str(p) for p in files]
+        self.contract = contract
+        self.ranges = chunk_ranges(len(self.files), chunk_size)
+        self.workers = check_workers(workers)
+        self.start_method = start_method or default_start_method()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "ChunkDecoder":
+        if self.workers > 0:
+            context = multiprocessing.get_context(self.start_method)
+            if self.start_method == "forkserver":
+                context.set_forkserver_preload(["numpy", "PIL.Image", "mnv4_deploy.preprocess"])
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _job(self, chunk: int) -> tuple:
+        positions = list(self.ranges[chunk])
+        return (self.contract, chunk, positions, [self.files[i] for i in positions])
+
+    def chunks(self, wanted: Sequence[int]) -> Iterator[DecodedChunk]:
+        """Decoded chunks in the order of `wanted`, at most `workers + 2` decoded ahead."""
+        if self._pool is None:
+            for chunk in wanted:
+                yield decode_chunk(*self._job(chunk))
+            return
+        pending: deque[Future] = deque()
+        todo = iter(wanted)
+        ahead = self.workers + 2
+        for chunk in todo:
+            pending.append(self._pool.submit(decode_chunk, *self._job(chunk)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(self._pool.submit(decode_chunk, *self._job(nxt)))
+            yield done
