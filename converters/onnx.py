@@ -113,6 +113,8 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         proto = onnx.load(str(path))
     except Exception as exc:
         raise UsageError(f"{path}: not a readable ONNX model ({type(exc).__name__})", "check the file is complete") from None
+    if not proto.graph.node or not proto.graph.output:  # protobuf parses many byte strings as an empty model
+        raise UsageError(f"{path}: not an ONNX model (no graph nodes or outputs)", "check the file is complete")
 
     def tensors(values: Any) -> list[dict[str, Any]]:
         out = []

@@ -24,12 +24,16 @@ from .run_lock import TMP_PREFIX, owned_tmp_prefix  # noqa: F401  (TMP_PREFIX: r
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
-def output_write_error(exc: OSError, path: Path) -> OutputNotWritable | None:
-    """The one-line error for a write that failed for lack of room, or None for other errors."""
+def output_write_error(exc: OSError, path: Path, what: str = "") -> OutputNotWritable | None:
+    """The one-line error for a write that failed for lack of room, or None for other errors.
+
+    `path` is the final name being written (or the output directory, with `what` saying which
+    artifact): temporary names mean nothing to the user.
+    """
     if exc.errno not in _NO_ROOM:
         return None
-    where = exc.filename or path
-    return OutputNotWritable(f"cannot write {where}: {exc.strerror or os.strerror(exc.errno)}",
+    return OutputNotWritable(f"cannot write {what + ' in ' if what else ''}{path}: "
+                             f"{exc.strerror or os.strerror(exc.errno)}",
                              "free space (or quota) under the output directory, or choose another --out; "
                              "nothing half-written was kept")
 

@@ -226,14 +226,17 @@ def inspect_command(
         from .errors import UsageError
         from .registry import load_target, target_for_artifact
 
-        if not artifact.exists():
-            raise UsageError(f"{artifact}: no such artifact")
+        from .artifact_guard import precheck, reading
+
+        precheck(artifact)
         conv = load_target(target) if target else target_for_artifact(artifact)
         conv.info.require_backends()
         describe = getattr(conv, "describe", None)
         if describe is None:
             raise UsageError(f"target {conv.info.name} cannot describe its artifacts")
-        print(json.dumps({"target": conv.info.name, "precision": conv.info.precision, **describe(artifact)},
+        with reading(artifact, f"{conv.info.name} artifact"):
+            described = describe(artifact)
+        print(json.dumps({"target": conv.info.name, "precision": conv.info.precision, **described},
                          indent=2, default=str))
         return 0
     _guarded(body)
@@ -257,10 +260,14 @@ def check_command(
         check = getattr(conv, "check", None)
         if check is None:
             raise UsageError(f"target {target} has no static accelerator check", "use --target edgetpu")
+        from .artifact_guard import precheck, reading
+
         for path in (artifact, compiler_log):
             if path is not None and not path.is_file():
                 raise UsageError(f"{path}: no such file")
-        result = check(artifact, compiler_log=compiler_log)
+        precheck(artifact)
+        with reading(artifact, f"model for the {target} check"):
+            result = check(artifact, compiler_log=compiler_log)
         if output is OutputFormat.json:
             print(json.dumps(result, indent=2, default=str))
         else:

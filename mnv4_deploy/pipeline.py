@@ -16,6 +16,7 @@ import numpy as np
 from . import canonicalize as canon
 from . import data as datasets
 from . import models
+from .artifact_guard import precheck, reading
 from .artifacts import (ensure_writable_dir, move_into_place, output_write_error, private_workdir, sha256_path,
                         size_bytes)
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
@@ -210,7 +211,7 @@ def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) 
     except OutputNotWritable:
         raise  # disk full under --out: every later write would fail too; one line, exit 2
     except OSError as exc:
-        no_room = output_write_error(exc, workdir)
+        no_room = output_write_error(exc, ctx.out_dir, f"the {info.name} artifact")
         if no_room is not None:
             raise no_room from None
         result.reason = _one_line(exc)
@@ -476,9 +477,7 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
                       out: str | Path | None = None, log: Log = print,
                       eval_options: Mapping[str, Any] | None = None) -> Report:
     """Re-validate an existing artifact (e.g. after a vendor tool touched it) against the model."""
-    path = Path(artifact)
-    if not path.exists():
-        raise UsageError(f"{path}: no such artifact")
+    path = precheck(artifact)
     eps = find_targets()
     conv = load_target(target, eps) if target else target_for_artifact(path, eps)
     conv.info.require_backends()
@@ -489,7 +488,9 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
                              seed=seed, fold=fold, recipe=recipe, log=log)
     describe = getattr(conv, "describe", None)
     if describe is not None:
-        _check_artifact_io(describe(path), prepared, path)
+        with reading(path, f"{conv.info.name} artifact"):  # damaged input: one line, exit 2, before judging
+            description = describe(path)
+        _check_artifact_io(description, prepared, path)
     out_dir = ensure_writable_dir(Path(out)) if out is not None else path.parent
     ctx = RunContext(prepared=prepared, recipe=recipe, options=ExportOptions(fold=fold), out_dir=out_dir,
                      stem=path.stem, max_drop=max_drop, log=log)

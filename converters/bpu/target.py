@@ -81,6 +81,21 @@ class BpuConverter:
             result["fully_mapped"] = result["fully_mapped"] and not log.cpu_nodes
         return result
 
+    def describe(self, path: Path) -> dict[str, Any]:
+        """`mnv4-deploy inspect` of a bundle: its manifest facts and its float ONNX's I/O and ops."""
+        from converters.onnx import describe_onnx
+
+        manifest = bundle_files.read_manifest(Path(path))
+        onnx_file = (manifest.get("onnx") or {}).get("file") if isinstance(manifest.get("onnx"), dict) else None
+        if not isinstance(onnx_file, str) or Path(onnx_file).name != onnx_file:
+            raise UsageError(f"{path}: {bundle_files.MANIFEST} names no ONNX file of the bundle",
+                             "pass a directory written by --to bpu-x5 or bpu-x3")
+        inner = Path(path) / onnx_file
+        if not inner.is_file() or inner.stat().st_size == 0:
+            raise UsageError(f"{path}: the bundle's ONNX {onnx_file} is missing or empty", "export the bundle again")
+        return {**describe_onnx(inner), "format": "hb_mapper bundle", "bundle_onnx": onnx_file,
+                "march": manifest.get("march"), "target": manifest.get("target")}
+
     def _opset(self, options: ExportOptions) -> int:
         march = get_march(self.row.march)
         if "opset" not in options.changed():

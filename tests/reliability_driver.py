@@ -1,0 +1,33 @@
+"""A real `mnv4-deploy` process that stops inside a conversion, for signal and lock tests.
+
+`python tests/reliability_driver.py READY_FILE ARGS...` runs `mnv4-deploy ARGS...` with the ONNX
+converter replaced by one that writes its private work directory's path to READY_FILE and then
+waits. The test then holds a run that owns the output directory's lock and has temporary work
+on disk, and can send it SIGTERM or SIGKILL at a known point (no timing guesses).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ready = Path(sys.argv[1])
+    import converters.onnx as onnx_converter
+
+    def blocking_convert(self, job):
+        (job.workdir / "partial.onnx").write_bytes(b"half of a model")
+        ready.write_text(str(job.workdir))
+        time.sleep(600)
+        raise AssertionError("the test should have signalled this process")
+
+    onnx_converter.OnnxConverter.convert = blocking_convert
+    from mnv4_deploy.cli import main as cli_main
+
+    sys.argv = ["mnv4-deploy", *sys.argv[2:]]
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
