@@ -97,6 +97,10 @@ def _eval_options(shard: Optional[str], workers: int, resume: bool, eval_data: O
     if eval_data is None and (shard is not None or resume):
         raise UsageError(f"{'--eval-shard' if shard is not None else '--resume'} needs labeled images",
                          "pass --eval-data DIR")
+    if shard is not None:
+        from .evaluation import ShardSpec
+
+        ShardSpec.parse(shard)  # a malformed K/N is refused before the model loads
     return {"shard": shard, "workers": workers, "resume": resume}
 
 

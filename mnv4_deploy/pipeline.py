@@ -19,6 +19,7 @@ from . import models
 from .artifact_guard import precheck, reading
 from .artifacts import (ensure_writable_dir, move_into_place, output_write_error, private_workdir, sha256_path,
                         size_bytes)
+from .calibration_stream import calibration_set
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
 from .recipes import Recipe, load_recipe
@@ -153,6 +154,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 EVAL_CHUNK = 32
+CALIBRATION_HELD = 256  # streamed calibration sets keep this many images (or the recipe's correction_size) in memory
 
 
 def run_chunked(run: Callable[[np.ndarray], np.ndarray], tensors: np.ndarray, chunk: int = EVAL_CHUNK) -> np.ndarray:
@@ -415,9 +417,10 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
                          stem=label.replace(":", "_").replace("/", "_"), max_drop=max_drop, log=log)
         if calib_data is not None and any(c.info.needs_calibration for c in converters):
             step("calibration images")
-            ctx.calibration = datasets.image_folder_batch(
+            ctx.calibration = calibration_set(
                 calib_data, prepared.contract, calib_size or recipe.calibration_size, recipe.calibration_seed,
-                option="--calib-data", log=log, minimum=calib_size or 1, needed_for=f"--calib-size {calib_size}")
+                option="--calib-data", log=log, minimum=calib_size or 1, needed_for=f"--calib-size {calib_size}",
+                held=max(CALIBRATION_HELD, recipe.section("calibration").get("correction_size", 0)))
             prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
             log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
         ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)

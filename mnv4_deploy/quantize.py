@@ -48,7 +48,8 @@ def build_plan_stage(canonical: Any, calibration: Any, recipe: Any, evaluation: 
     from .validate import accuracy
 
     started = time.perf_counter()
-    plan = build_plan(canonical, calibration.tensors, recipe, log=log)
+    streamed = hasattr(calibration, "batches")  # calibration_stream.StreamedCalibration: read from disk in batches
+    plan = build_plan(canonical, calibration if streamed else calibration.tensors, recipe, log=log)
     summary: dict[str, Any] = {"calibration_sha256": calibration.sha256, "calibration_images": len(calibration),
                                "recipe": recipe.name}
     if evaluation is not None and max_drop is not None:

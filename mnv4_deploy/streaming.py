@@ -7,18 +7,23 @@ submission order whatever the workers' timing. At most `workers + 2` chunks are 
 of the consumer, so memory is bounded by the chunk size, not by the number of images.
 
 Workers are started with 'forkserver' (Linux) or 'spawn', never 'fork': the parent has torch,
-onnxruntime and TensorFlow loaded, whose thread pools do not survive a fork.
+onnxruntime and TensorFlow loaded, whose thread pools do not survive a fork. They also skip
+re-importing the parent's `__main__` (multiprocessing's default): a script or test runner that
+imports torch at the top would otherwise cost every worker hundreds of MB; the decode function
+lives in this module, so the workers never need it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
+import multiprocessing.pool
+import multiprocessing.spawn
 import sys
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -80,6 +85,24 @@ def check_workers(workers: int) -> int:
     return workers
 
 
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Start processes that do not re-import `__main__` (see the module docstring)."""
+    original = multiprocessing.spawn.get_preparation_data
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    multiprocessing.spawn.get_preparation_data = preparation_data
+    try:
+        yield
+    finally:
+        multiprocessing.spawn.get_preparation_data = original
+
+
 class ChunkDecoder:
     """Decode chosen chunks of a file list with `workers` processes (0: in this process).
 
@@ -93,19 +116,21 @@ class ChunkDecoder:
         self.ranges = chunk_ranges(len(self.files), chunk_size)
         self.workers = check_workers(workers)
         self.start_method = start_method or default_start_method()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: multiprocessing.pool.Pool | None = None
 
     def __enter__(self) -> "ChunkDecoder":
         if self.workers > 0:
             context = multiprocessing.get_context(self.start_method)
             if self.start_method == "forkserver":
                 context.set_forkserver_preload(["numpy", "PIL.Image", "mnv4_deploy.preprocess"])
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            with _without_main_module():  # a Pool starts all its workers here, and only here
+                self._pool = context.Pool(self.workers)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.terminate()  # every wanted chunk was consumed, or the consumer stopped early
+            self._pool.join()
             self._pool = None
 
     def _job(self, chunk: int) -> tuple:
@@ -118,16 +143,16 @@ class ChunkDecoder:
             for chunk in wanted:
                 yield decode_chunk(*self._job(chunk))
             return
-        pending: deque[Future] = deque()
+        pending: deque[multiprocessing.pool.AsyncResult] = deque()
         todo = iter(wanted)
         ahead = self.workers + 2
         for chunk in todo:
-            pending.append(self._pool.submit(decode_chunk, *self._job(chunk)))
+            pending.append(self._pool.apply_async(decode_chunk, self._job(chunk)))
             if len(pending) >= ahead:
                 break
         while pending:
-            done = pending.popleft().result()
+            done = pending.popleft().get()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(self._pool.submit(decode_chunk, *self._job(nxt)))
+                pending.append(self._pool.apply_async(decode_chunk, self._job(nxt)))
             yield done

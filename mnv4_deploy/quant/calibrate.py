@@ -47,7 +47,7 @@ def output_points(qg: QuantGraph) -> set[str]:
     return found
 
 
-def calibrate_ranges(qg: QuantGraph, data: torch.Tensor, estimator: str, bits: int, symmetric: bool,
+def calibrate_ranges(qg: QuantGraph, data: "torch.Tensor | Any", estimator: str, bits: int, symmetric: bool,
                      percentile: float, dtype: str, batch_size: int,
                      log: Callable[[str], None] = lambda _: None
                      ) -> tuple[dict[str, QParams], dict[str, ObservedRange]]:
@@ -78,5 +78,5 @@ def calibrate_ranges(qg: QuantGraph, data: torch.Tensor, estimator: str, bits: i
     for p, point in qg.points.items():
         if point.shared_from is not None:
             grids[p] = grids[qg.root_point(p)]
-    log(f"calibrated {len(roots)} activation ranges ({estimator}, {len(passes)} pass(es) over {data.shape[0]} images)")
+    log(f"calibrated {len(roots)} activation ranges ({estimator}, {len(passes)} pass(es) over {len(data)} images)")
     return grids, observed

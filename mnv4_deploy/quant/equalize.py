@@ -136,7 +136,7 @@ def equalize(qg: QuantGraph, max_iterations: int = 100, tol: float = 1e-2) -> Eq
     return stats
 
 
-def absorb_biases(qg: QuantGraph, data: torch.Tensor, batch_size: int, stats: EqualizationStats) -> None:
+def absorb_biases(qg: QuantGraph, data: "torch.Tensor | Any", batch_size: int, stats: EqualizationStats) -> None:
     """Centre each channel between two linearly connected convs (exact: see module doc)."""
     candidates = [p for p in find_pairs(qg) if not p.relu and qg.module(p.second).weight.shape[2:] == (1, 1)
                   and tuple(qg.module(p.second).padding) == (0, 0) and qg.module(p.second).groups == 1]

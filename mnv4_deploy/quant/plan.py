@@ -304,21 +304,27 @@ def build_plan(model: nn.Module, calib: np.ndarray, recipe: Recipe | str | Mappi
                log: Log = print) -> QuantPlan:
     """Plan the int8 quantization of a canonical model from calibration images.
 
-    calib: (N, 3, H, W) float32, preprocessed exactly like evaluation inputs.
+    calib: (N, 3, H, W) float32, preprocessed exactly like evaluation inputs, or a streamed set
+    (`calibration_stream.StreamedCalibration`: the passes over every image re-read it in batches,
+    the layer-by-layer steps take its in-memory head, so the plan is the one the array gives).
     recipe: a loaded `Recipe`, a recipe name/path, or a recipe mapping.
     """
     settings = QuantSettings.from_recipe(recipe)
-    calib = np.asarray(calib)
-    if calib.ndim != 4 or calib.shape[0] < 1 or calib.dtype != np.float32:
-        raise UsageError(f"calibration data must be a non-empty (N, C, H, W) float32 array, got "
-                         f"{calib.dtype} {tuple(calib.shape)}")
-    data = torch.from_numpy(np.ascontiguousarray(calib))
+    if hasattr(calib, "batches"):
+        data = calib
+        head = torch.from_numpy(np.ascontiguousarray(calib.head(min(settings.correction_size, len(calib)))))
+    else:
+        calib = np.asarray(calib)
+        if calib.ndim != 4 or calib.shape[0] < 1 or calib.dtype != np.float32:
+            raise UsageError(f"calibration data must be a non-empty (N, C, H, W) float32 array, got "
+                             f"{calib.dtype} {tuple(calib.shape)}")
+        data = head = torch.from_numpy(np.ascontiguousarray(calib))
     t0 = time.time()
-    qg = build_quant_graph(model, data[:1])
+    qg = build_quant_graph(model, head[:1])
     stats: dict[str, Any] = {}
     log(f"quant graph: {len(qg.units)} units, {len(qg.layers)} weighted layers, "
         f"{sum(1 for p in qg.points.values() if p.shared_from is None)} activation points")
-    correction = data[: settings.correction_size]
+    correction = head[: settings.correction_size]
     if settings.equalization:
         eq: EqualizationStats = equalize(qg)
         absorb_biases(qg, data, settings.batch_size, eq)

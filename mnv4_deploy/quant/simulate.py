@@ -9,7 +9,7 @@ use, so memory holds only the live tensors of the batch.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import fx
@@ -94,6 +94,11 @@ def run_streams(gm: fx.GraphModule, x: torch.Tensor, streams: Iterable[str] = (F
     return result
 
 
-def batches(data: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
+def batches(data: "torch.Tensor | Any", size: int) -> Iterable[torch.Tensor]:
+    """`size` images at a time: slices of a tensor, or a streamed set's `batches(size)` (same boundaries)."""
+    if hasattr(data, "batches"):
+        for batch in data.batches(size):
+            yield torch.from_numpy(batch)
+        return
     for i in range(0, data.shape[0], max(1, size)):
         yield data[i:i + size]
