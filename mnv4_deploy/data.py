@@ -151,12 +151,13 @@ def _relative(path: Path, root: Path) -> str:
 
 def load_images(files: Sequence[Path], contract: Preprocess, root: Path, option: str,
                 log: Log = _noop, labels: Sequence[int] | None = None, count: int | None = None,
-                minimum: int = 1, needed_for: str = "") -> ImageBatch:
+                minimum: int = 1, needed_for: str = "", sort_keys: Sequence[int] | None = None) -> ImageBatch:
     """Preprocess `files` in order until `count` images read (all when None).
 
     An unreadable file (`UnreadableImage`) is skipped and named, and the next file takes its
-    place, so `files` in `draw_order` gives a seeded sample with replacements. Fewer than
-    `minimum` readable images is one UsageError saying how many were found and needed (for what).
+    place, so `files` in `draw_order` gives a seeded sample with replacements; `sort_keys` (one
+    per file) puts the images read back in the folder's order. Fewer than `minimum` readable
+    images is one UsageError saying how many were found and needed (for what).
     """
     tensors, kept, skipped, kept_labels, entries, order = [], [], [], [], [], []
     for i, path in enumerate(files):
@@ -169,7 +170,7 @@ def load_images(files: Sequence[Path], contract: Preprocess, root: Path, option:
             skipped.append(printable_path(rel))
             log(f"warning: skipping unreadable image {printable_path(rel)}: {exc.reason}")
             continue
-        order.append(i)
+        order.append(sort_keys[i] if sort_keys is not None else i)
         kept.append(printable_path(rel))
         entries.append(f"{rel}:{file_sha256(path)}")
         if labels is not None:
@@ -181,7 +182,7 @@ def load_images(files: Sequence[Path], contract: Preprocess, root: Path, option:
         raise UsageError(f"{option} {printable_path(root)}: found {len(tensors)} readable images "
                          f"({len(skipped)} unreadable), {minimum} needed for {needed_for or 'this step'}",
                          "add readable jpg/png images to the folder")
-    rank = sorted(range(len(order)), key=order.__getitem__)  # back to the files' (sorted) order
+    rank = sorted(range(len(order)), key=order.__getitem__)
     return ImageBatch(
         tensors=np.stack([tensors[k] for k in rank]).astype(np.float32), source=printable_path(root),
         files=[kept[k] for k in rank], skipped=skipped,
@@ -202,7 +203,7 @@ def image_folder_batch(root: str | Path, contract: Preprocess, count: int | None
     files = find_images(root, option, log)
     order = draw_order(len(files), count, seed)
     batch = load_images([files[i] for i in order], contract, root, option, log, count=count,
-                        minimum=minimum, needed_for=needed_for)
+                        minimum=minimum, needed_for=needed_for, sort_keys=order)
     if count is not None and len(batch) < count:
         log(f"warning: {option} {printable_path(root)} has {len(batch)} readable images, fewer than the {count} "
             "asked for; using all")

@@ -243,7 +243,8 @@ def decode_pixels(path: str | Path, contract: Preprocess) -> np.ndarray:
         raise _unreadable(path, "too large to decode in memory") from None
     except OSError as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        reason = f"truncated file ({text})" if "truncated" in text else f"cannot read ({exc.strerror or text})"
+        truncated = "truncated" in f"{text} {exc.strerror or ''}".lower()
+        reason = f"truncated file ({exc.strerror or text})" if truncated else f"cannot read ({exc.strerror or text})"
         raise _unreadable(path, reason) from None
     except ValueError as exc:
         if "conversion from" in str(exc):
