@@ -153,6 +153,8 @@ def export_command(
                                            "or featuremap")] = "nv12",
     archive: Annotated[bool, typer.Option("--archive", help="BPU: also write the bundle as a deterministic "
                                           ".tar.gz")] = False,
+    openvino_fp16_weights: Annotated[bool, typer.Option("--openvino-fp16-weights", help="OpenVINO: store the IR's "
+                                                        "weights in fp16 (compute stays fp32)")] = False,
     golden_count: Annotated[int, typer.Option("--golden-count", help="golden inputs for parity")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="seed for synthetic inputs and sampling")] = 0,
     calib_data: CalibDataOpt = None,
@@ -170,7 +172,7 @@ def export_command(
     """Export a model to one or more targets and validate every artifact against PyTorch."""
     options = dict(opset=opset, simplify=simplify, dynamic_batch=dynamic_batch, fold=fold, image_input=image_input,
                    min_target=min_target, layout=layout, io_dtype=io_dtype, strict=strict, bpu_input=bpu_input,
-                   archive=archive)
+                   archive=archive, openvino_fp16_weights=openvino_fp16_weights)
     _guarded(lambda: _export_body(
         model, to, out, quiet, output, options, weights=weights, pretrained=pretrained, num_classes=num_classes,
         img_size=img_size, data=data, golden_count=golden_count, seed=seed, calib_data=calib_data,

@@ -238,6 +238,7 @@ def run_target(conv: Converter, ctx: RunContext) -> TargetResult:
         return result
     ctx.artifacts[conv.info.name] = artifact
     result.metadata = artifact.metadata
+    result.precision = artifact.precision  # judged as what it is (openvino --openvino-fp16-weights: fp16)
     return judge_artifact(conv, artifact, ctx, result)
 
 

@@ -63,6 +63,7 @@ class ExportOptions:
     strict: bool = False  # refuse artifacts whose ops would leave the accelerator (EdgeTPU, BPU)
     bpu_input: str = "nv12"  # hb_mapper input_type_rt: "nv12" | "rgb" | "bgr" | "featuremap" (BPU)
     archive: bool = False  # also pack a directory artifact as a deterministic .tar.gz (BPU bundle)
+    openvino_fp16_weights: bool = False  # store IR weights in fp16, compute stays fp32 (OpenVINO)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

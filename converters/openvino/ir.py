@@ -1,0 +1,154 @@
+"""OpenVINO IR: ONNX -> `ov.Model` -> `.xml`/`.bin`, metadata in rt_info, run on the CPU plugin.
+
+The artifact is one directory `<model>.openvino/` holding `<model>.xml` (topology, rt_info) and
+`<model>.bin` (weights): the pair only works together, so it is hashed, moved and validated as
+one. `describe`/`runner` also take the `.xml` itself (with its `.bin` beside it).
+
+`ov.convert_model` reads the ONNX from memory (BytesIO), so no temporary path ends up in the
+IR's `conversion_parameters`; the embedded JSON is sorted. The CPU plugin is pinned to fp32
+inference precision (`INFERENCE_PRECISION_HINT=f32`): on CPUs with bf16 or AMX units its
+default may compute in bf16, which would judge a different model than the one exported.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnv4_deploy.errors import UsageError
+from mnv4_deploy.registry import Runner
+
+RT_KEY = ["mnv4_deploy", "metadata"]
+NUM_THREADS = 2
+
+
+def ov_version() -> str:
+    from importlib.metadata import version
+
+    return version("openvino")
+
+
+def onnx_to_ir(onnx_path: Path, out_dir: Path, stem: str, metadata: dict[str, Any], fp16_weights: bool) -> Path:
+    """Convert an ONNX file to `<out_dir>/<stem>.xml` + `.bin`; return the .xml path."""
+    import openvino as ov
+
+    model = ov.convert_model(io.BytesIO(Path(onnx_path).read_bytes()))
+    model.set_rt_info(json.dumps(metadata, sort_keys=True), RT_KEY)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml = out_dir / f"{stem}.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=fp16_weights)
+    return xml
+
+
+def ir_files(path: Path) -> tuple[Path, Path]:
+    """(.xml, .bin) of an IR artifact directory, or of an .xml given directly; one line when not there."""
+    path = Path(path)
+    if path.is_dir():
+        xmls = sorted(path.glob("*.xml"))
+        if len(xmls) != 1:
+            raise UsageError(f"{path}: expected one OpenVINO .xml inside, found {len(xmls)}",
+                             "pass the <model>.openvino directory an openvino target wrote")
+        xml = xmls[0]
+    elif path.suffix == ".xml" and path.is_file():
+        xml = path
+    else:
+        raise UsageError(f"{path}: not an OpenVINO IR (a <model>.openvino directory or an .xml)",
+                         "pass the directory an openvino target wrote")
+    weights = xml.with_suffix(".bin")
+    if not weights.is_file():
+        raise UsageError(f"{xml}: its weights file {weights.name} is missing", "keep the .xml and .bin together")
+    return xml, weights
+
+
+def read_ir(path: Path) -> Any:
+    """The `ov.Model` of an IR artifact; a corrupt or mismatched pair is one line naming it."""
+    import openvino as ov
+
+    xml, weights = ir_files(path)
+    try:
+        return ov.Core().read_model(str(xml), str(weights))
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in text if line.strip() and "Exception" not in line), type(exc).__name__)
+        raise UsageError(f"{xml}: not a readable OpenVINO IR ({detail[:160]})",
+                         "check the .xml/.bin pair is complete and belongs together; re-export it") from None
+
+
+def read_metadata(model: Any) -> dict[str, Any]:
+    """The JSON the exporter stored in rt_info ({} for an IR from elsewhere)."""
+    if not model.has_rt_info(RT_KEY):
+        return {}
+    try:
+        return json.loads(model.get_rt_info(RT_KEY).astype(str))
+    except Exception:
+        return {}
+
+
+def _ports(ports: Any) -> list[dict[str, Any]]:
+    out = []
+    for port in ports:
+        shape = port.get_partial_shape()
+        dims = [d.get_length() if d.is_static else "?" for d in shape]
+        names = sorted(port.get_names())
+        out.append({"name": names[0] if names else "", "shape": dims, "dtype": port.get_element_type().get_type_name()})
+    return out
+
+
+def op_histogram(model: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        name = op.get_type_name()
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def weight_types(model: Any) -> dict[str, int]:
+    """Element types of the IR's Constant nodes (how weights are stored: f32, f16, i8, ...)."""
+    counts: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant":
+            name = op.get_output_element_type(0).get_type_name()
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def describe_ir(path: Path) -> dict[str, Any]:
+    """What is inside an IR: I/O, op histogram, weight storage types, the embedded metadata."""
+    model = read_ir(path)
+    xml, weights = ir_files(path)
+    return {"format": "openvino-ir", "files": [xml.name, weights.name], "inputs": _ports(model.inputs),
+            "outputs": _ports(model.outputs), "op_histogram": op_histogram(model),
+            "constant_types": weight_types(model), "metadata": read_metadata(model),
+            "bytes": xml.stat().st_size + weights.stat().st_size}
+
+
+def compile_ir(path: Path, threads: int = NUM_THREADS) -> Any:
+    """The IR compiled for OpenVINO's CPU plugin: fp32 inference precision, `threads` threads."""
+    import openvino as ov
+
+    model = read_ir(path)
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32"}
+    return core.compile_model(model, "CPU", config)
+
+
+def ir_runner(path: Path) -> Runner:
+    """OpenVINO CPU: NCHW float32 batch -> float32 logits, in chunks of the IR's fixed batch."""
+    compiled = compile_ir(path)
+    request = compiled.create_infer_request()
+    dim = compiled.inputs[0].get_partial_shape()[0]
+    fixed = dim.get_length() if dim.is_static else None
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        step = fixed or batch.shape[0]
+        outputs = []
+        for start in range(0, batch.shape[0], step):
+            result = request.infer({0: batch[start:start + step]})
+            outputs.append(np.asarray(result[compiled.outputs[0]], dtype=np.float32).copy())
+        return np.concatenate(outputs)
+
+    return Runner(run=run, runtime=f"openvino {ov_version()} CPU plugin ({NUM_THREADS} threads, fp32 inference precision)")
