@@ -38,6 +38,8 @@ LOCK_NAME = ".mnv4-deploy.lock"
 TMP_PREFIX = ".tmp-"
 # private temp entries are named .tmp-<pid>@<host>_<random>: the owner is recognizable later
 _OWNED_TMP = re.compile(r"^\.tmp-(\d+)@([A-Za-z0-9.-]+)_")
+# names earlier versions gave their temporary work (tempfile's 8 random characters, or old-<artifact>)
+_LEGACY_TMP = re.compile(r"^\.tmp-(old-.+|[a-z0-9_]{8}(\.tar\.gz)?)$")
 
 Log = Callable[[str], None]
 
@@ -169,6 +171,8 @@ def remove_stale_temp(directory: Path, log: Log) -> list[str]:
     removed = []
     for entry in sorted(directory.glob(TMP_PREFIX + "*")):
         match = _OWNED_TMP.match(entry.name)
+        if match is None and not _LEGACY_TMP.match(entry.name):
+            continue  # not ours: a user's own .tmp-something is never touched
         if match and match.group(2) == host_name() and pid_alive(int(match.group(1))):
             continue
         whose = f"process {match.group(1)} on {match.group(2)}" if match else "an earlier run"

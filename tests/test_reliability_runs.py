@@ -263,3 +263,19 @@ def test_disk_full_for_real_on_a_tiny_tmpfs(tmp_path):
         assert _names(mount / "out") == []
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_stale_temp_cleanup_removes_only_dead_runs_work(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = run_lock.host_name()
+    names = {f".tmp-{dead.stdout.strip()}@{host}_abc": "dead run", f".tmp-{os.getpid()}@{host}_live": "this run",
+             ".tmp-1@another-host_x": "other host, under the lock: stale", ".tmp-k3x_9abc": "older version",
+             ".tmp-notes.txt": "a user's file"}
+    for name in names:
+        (tmp_path / name).mkdir()
+    messages: list[str] = []
+    removed = run_lock.remove_stale_temp(tmp_path, messages.append)
+    assert sorted(removed) == sorted([f".tmp-{dead.stdout.strip()}@{host}_abc", ".tmp-1@another-host_x",
+                                      ".tmp-k3x_9abc"])
+    assert _names(tmp_path) == sorted([f".tmp-{os.getpid()}@{host}_live", ".tmp-notes.txt"])
+    assert len(messages) == 3 and all(m.startswith("removed stale temporary") for m in messages)
