@@ -33,7 +33,7 @@ def _table(rows: Sequence[dict[str, Any]], reference: dict[str, Any]) -> str:
 def merge_eval(dirs: Sequence[str | Path], out: Path, max_drop: float | None = None) -> dict[str, Any]:
     """Merge shard records into `out/eval/`, write `out/eval_summary.json`, return the summary."""
     records, meta = merge_records(dirs, out)
-    reference = records.describe(meta["run"]["contract"])
+    reference = records.describe(meta["contract_sha256"])
     rows = []
     for target in records.targets():
         acc = records.accuracy(target).to_dict()

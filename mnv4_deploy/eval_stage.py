@@ -23,7 +23,7 @@ from .evaluation import EvalRecords, EvalSpec, ShardSpec, run_evaluation
 from .preprocess import Preprocess
 from .streaming import DEFAULT_WORKERS, check_workers
 
-HELD_IMAGES = 500  # labeled images held in memory for conversion-time checks (fallback, BPU forecast)
+HELD_IMAGES = 1000  # labeled images held in memory for conversion-time checks (fallback, BPU forecast)
 
 Run = Callable[[np.ndarray], np.ndarray]
 Log = Callable[[str], None]

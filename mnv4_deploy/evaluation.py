@@ -225,7 +225,8 @@ def _prepare_dir(eval_dir: Path, spec: EvalSpec, resume: bool, log: Log) -> tupl
         shutil.rmtree(eval_dir)
     (eval_dir / CHUNKS_DIR).mkdir(parents=True)
     meta = {"tool": "mnv4-deploy", "kind": "eval-records", "format": FORMAT, "complete": False, "run": run,
-            "root": str(spec.labeled.root), "layout": spec.labeled.layout, "skipped": []}
+            "root": str(spec.labeled.root), "layout": spec.labeled.layout, "contract_sha256": spec.contract.sha256(),
+            "skipped": []}
     write_json_atomic(meta_path, meta)
     return meta, set()
 
@@ -356,14 +357,21 @@ def _classes(chunk_files: Sequence[dict[str, np.ndarray]]) -> int:
 MERGE_EXEMPT = ("shard",)  # the one field shards of one evaluation differ in
 
 
+def _is_records_meta(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("kind") == "eval-records"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def find_record_dirs(dirs: Sequence[str | Path]) -> list[Path]:
-    """Every `eval/` records directory below `dirs` (the output folders of sharded runs)."""
+    """Every evaluation records directory (its meta.json says so) below `dirs`: sharded runs' outputs."""
     found: list[Path] = []
     for root in map(Path, dirs):
         if not root.is_dir():
             raise UsageError(f"{root}: no such directory", "pass the --out folders of the sharded runs")
-        candidates = [root] if (root / META).is_file() else sorted(p.parent for p in root.rglob(f"{EVAL_DIR}/{META}"))
-        found += [p.resolve() for p in candidates]
+        candidates = [root / META] if (root / META).is_file() else sorted(root.rglob(META))
+        found += [p.parent.resolve() for p in candidates if _is_records_meta(p)]
     unique = list(dict.fromkeys(found))
     if not unique:
         raise UsageError(f"no evaluation records below {', '.join(map(str, dirs))}",

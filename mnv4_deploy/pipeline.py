@@ -441,6 +441,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
                 report.results.append(run_target(conv, ctx))
             if ctx.eval_stage is not None:
                 step("evaluation (one pass, every target)")
+                ctx.evaluation = None  # the held images served the conversions; the pass streams its own
                 _stream_evaluation(ctx, report)
         except KeyboardInterrupt:
             report.interrupted = True

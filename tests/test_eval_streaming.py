@@ -155,6 +155,10 @@ def test_merged_shards_equal_one_run_byte_for_byte(unsharded, labeled_dir, tmp_p
     summary = merge_eval(shard_dirs[::-1], tmp_path / "merged")  # order of arguments does not matter
     for name in ("reference.npz", "onnx.npz"):
         assert sha(tmp_path / "merged" / "eval" / name) == sha(out / "eval" / name)
+    for k, shard in enumerate(shard_dirs, start=1):  # the CI layout: each shard's eval/ downloaded into its own folder
+        shutil.copytree(shard / "eval", tmp_path / "parts" / f"mnv4-eval-shard-{k}")
+    merge_eval([tmp_path / "parts"], tmp_path / "merged2")
+    assert sha(tmp_path / "merged2" / "eval" / "onnx.npz") == sha(out / "eval" / "onnx.npz")
     assert summary["targets"][0]["accuracy"] == report.results[0].accuracy
     assert summary["evaluation"]["sha256"] == report.evaluation["sha256"]
     assert json.loads((tmp_path / "merged" / "eval_summary.json").read_text())["exit_code"] == 0
@@ -320,3 +324,43 @@ def test_every_layout_gives_the_same_labeled_set(tmp_path):
     assert all(list(s.labels) == [0, 0, 7, 7] for s in sets)
     tensors = [data.labeled_batch(d, CONTRACT).tensors for d in (by_index, by_wnid, csv_dir)]
     assert np.array_equal(tensors[0], tensors[1]) and np.array_equal(tensors[0], tensors[2])
+
+
+def test_export_resume_reuses_finished_records_and_refuses_another_sample(unsharded, labeled_dir, tmp_path):
+    out, report = unsharded
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = sha(copy / "eval" / "onnx.npz")
+    resumed = export(copy, labeled_dir, resume=True)
+    assert resumed.results[0].accuracy == report.results[0].accuracy
+    assert sha(copy / "eval" / "onnx.npz") == before
+    import mnv4_deploy
+
+    with pytest.raises(UsageError, match="another run: eval_images differs"):
+        mnv4_deploy.export(tiny_model(), "onnx", copy, contract=CONTRACT, name="tiny", eval_data=labeled_dir,
+                           eval_size=40, log=lambda _m: None, eval_options={"workers": 0, "resume": True})
+
+
+def test_cli_merge_eval_gates_the_merged_drop(labeled_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mnv4_deploy.cli import app
+
+    def always(cls: int):
+        return lambda b: np.tile(np.eye(10, dtype=np.float32)[cls], (len(b), 1))
+
+    for k in (1, 2):  # reference: always class 0 (a third of the images); target: always class 9 (none)
+        spec = _spec(labeled_dir)
+        spec.shard = evaluation.ShardSpec(k, 2)
+        evaluation.run_evaluation(spec, always(0), {"worse": always(9)}, tmp_path / f"s{k}", workers=0,
+                                  log=lambda _m: None)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["merge-eval", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "m")])
+    assert ok.exit_code == 0, ok.output
+    assert "| worse | 75 |" in ok.output
+    drop = json.loads((tmp_path / "m" / "eval_summary.json").read_text())["targets"][0]["accuracy"]["drop_top1"]
+    gated = runner.invoke(app, ["merge-eval", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "m2"),
+                                "--max-drop", str(max(drop - 1.0, 0.0))])
+    assert drop == pytest.approx(100 / 3, abs=1e-3) and gated.exit_code == 4 and "over --max-drop" in gated.output
+    missing = runner.invoke(app, ["merge-eval", str(tmp_path / "s1"), "--out", str(tmp_path / "m3")])
+    assert missing.exit_code == 2 and "shard(s) 2/2 missing" in missing.output
