@@ -6,7 +6,6 @@ folder (seeded); too few readable images for a step is one line saying found and
 from __future__ import annotations
 
 import builtins
-import io
 import json
 import os
 import struct
@@ -83,12 +82,6 @@ def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", denied)
     assert _reason(path) == "cannot read (Permission denied)"
-
-
-def _saved(img: Image.Image, fmt: str = "PNG", **kwargs) -> Path:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "P", "RGBA", "LA", "PA", "CMYK", "I", "F", "RGB"])
