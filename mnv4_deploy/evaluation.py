@@ -5,7 +5,7 @@ reference model and every target's runner, and only per-image records survive it
 correctness and the top-5 classes, per side). Every accuracy figure is computed from those records
 (`validate.accuracy_from_records`), so memory is bounded by the chunk size, not the set size.
 
-Records live under `--out/eval/`: one file per finished chunk while the pass runs (written
+Merging shards is `eval_merge`. Records live under `--out/eval/`: one file per finished chunk while the pass runs (written
 atomically, so `--resume` continues from them), then `reference.npz` and `<target>.npz` in image
 order plus `meta.json` (what run they belong to). Chunks sit on a fixed grid of the sampled list,
 and a shard (`--eval-shard K/N`) is a contiguous block of chunks, so every image meets the same
@@ -104,12 +104,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: not a readable records file ({exc})", "re-run the evaluation") from None
 
 
-def _empty_common() -> dict[str, np.ndarray]:
+def empty_common() -> dict[str, np.ndarray]:
     return {"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64), "file": np.zeros(0, "U1"),
             "file_sha256": np.zeros(0, "U64")}
 
 
-def _empty_side(k: int) -> dict[str, np.ndarray]:
+def empty_side(k: int) -> dict[str, np.ndarray]:
     return {"top1": np.zeros(0, bool), "top5": np.zeros(0, bool), "top5_classes": np.zeros((0, k), np.int32)}
 
 
@@ -191,14 +191,14 @@ class _ContractHash:
         return self.value
 
 
-def _first_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+def first_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
     for key in sorted(set(stored) | set(current)):
         if stored.get(key) != current.get(key):
             return key
     return None
 
 
-def _describe_value(value: Any) -> str:
+def describe_value(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -209,11 +209,11 @@ def _prepare_dir(eval_dir: Path, spec: EvalSpec, resume: bool, log: Log) -> tupl
     meta_path = eval_dir / META
     if resume and meta_path.exists():
         stored = json.loads(meta_path.read_text())
-        differs = _first_difference(stored.get("run", {}), run)
+        differs = first_difference(stored.get("run", {}), run)
         if differs is not None:
             raise UsageError(f"--resume: {eval_dir} holds records of another run: {differs} differs "
-                             f"(recorded {_describe_value(stored.get('run', {}).get(differs))}, "
-                             f"now {_describe_value(run.get(differs))})",
+                             f"(recorded {describe_value(stored.get('run', {}).get(differs))}, "
+                             f"now {describe_value(run.get(differs))})",
                              "resume with the same model, recipe, contract, targets and data, or use a fresh --out")
         done = {int(p.stem) for p in (eval_dir / CHUNKS_DIR).glob("*.npz")} if not stored.get("complete") else set()
         log(f"evaluation: resuming, {len(done)} chunk(s) already recorded" if not stored.get("complete")
@@ -251,17 +251,17 @@ def _chunk_arrays(spec: EvalSpec, decoded: DecodedChunk, reference: Run, runners
     return arrays
 
 
-def _concat(parts: Sequence[np.ndarray], empty: np.ndarray) -> np.ndarray:
+def concat(parts: Sequence[np.ndarray], empty: np.ndarray) -> np.ndarray:
     parts = [p for p in parts if len(p)]
     return np.concatenate(parts) if parts else empty
 
 
 def _assemble(chunk_files: Sequence[dict[str, np.ndarray]], sides: Sequence[str], k: int
               ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]], list[str]]:
-    empty_common, empty_side = _empty_common(), _empty_side(k)
-    common = {key: _concat([c[key] for c in chunk_files], empty_common[key]) for key in COMMON}
-    per_side = {side: {key: _concat([c[f"{side}.{key}"] for c in chunk_files if f"{side}.{key}" in c],
-                                    empty_side[key]) for key in PER_SIDE} for side in sides}
+    no_common, no_side = empty_common(), empty_side(k)
+    common = {key: concat([c[key] for c in chunk_files], no_common[key]) for key in COMMON}
+    per_side = {side: {key: concat([c[f"{side}.{key}"] for c in chunk_files if f"{side}.{key}" in c],
+                                   no_side[key]) for key in PER_SIDE} for side in sides}
     skipped = [f"{f}: {r}" for c in chunk_files for f, r in zip(c["skipped_file"].tolist(),
                                                                  c["skipped_reason"].tolist())]
     return common, per_side, skipped
@@ -350,76 +350,3 @@ def _classes(chunk_files: Sequence[dict[str, np.ndarray]]) -> int:
         if f"{REFERENCE}.top5_classes" in c:
             return int(c[f"{REFERENCE}.top5_classes"].shape[1])
     return 5
-
-
-# ---- merging shards -------------------------------------------------------------------------
-
-MERGE_EXEMPT = ("shard",)  # the one field shards of one evaluation differ in
-
-
-def _is_records_meta(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text()).get("kind") == "eval-records"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def find_record_dirs(dirs: Sequence[str | Path]) -> list[Path]:
-    """Every evaluation records directory (its meta.json says so) below `dirs`: sharded runs' outputs."""
-    found: list[Path] = []
-    for root in map(Path, dirs):
-        if not root.is_dir():
-            raise UsageError(f"{root}: no such directory", "pass the --out folders of the sharded runs")
-        candidates = [root / META] if (root / META).is_file() else sorted(root.rglob(META))
-        found += [p.parent.resolve() for p in candidates if _is_records_meta(p)]
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UsageError(f"no evaluation records below {', '.join(map(str, dirs))}",
-                         f"pass the --out folders of runs with --eval-data (each holds {EVAL_DIR}/{META})")
-    return unique
-
-
-def merge_records(dirs: Sequence[str | Path], out_dir: Path) -> tuple[EvalRecords, dict[str, Any]]:
-    """Check that the shards belong to one evaluation and cover it once; write the merged records."""
-    metas = []
-    for d in find_record_dirs(dirs):
-        meta = json.loads((d / META).read_text())
-        if meta.get("kind") != "eval-records" or not meta.get("complete"):
-            raise UsageError(f"{d}: the evaluation did not finish", "finish it with --resume, then merge")
-        metas.append((d, meta))
-    base_dir, base = metas[0]
-    base_run = {k: v for k, v in base["run"].items() if k not in MERGE_EXEMPT}
-    for d, meta in metas[1:]:
-        run = {k: v for k, v in meta["run"].items() if k not in MERGE_EXEMPT}
-        differs = _first_difference(base_run, run)
-        if differs is not None:
-            raise UsageError(f"{d} and {base_dir} are not shards of one evaluation: {differs} differs "
-                             f"({_describe_value(base_run.get(differs))} vs {_describe_value(run.get(differs))})",
-                             "merge shards of runs with the same model, recipe, contract, targets and data")
-    count = int(base["run"].get("shard_count", 1))
-    seen: dict[int, Path] = {}
-    for d, meta in metas:
-        k = int(str(meta["run"].get("shard") or "1/1").split("/")[0])
-        if k in seen:
-            raise UsageError(f"shard {k}/{count} given twice ({seen[k]} and {d})", "pass each shard once")
-        seen[k] = d
-    missing = sorted(set(range(1, count + 1)) - set(seen))
-    if missing:
-        raise UsageError(f"shard(s) {', '.join(f'{k}/{count}' for k in missing)} missing",
-                         f"pass the output of all {count} shards")
-    parts = [load_records(seen[k]) for k in sorted(seen)]
-    sides = list(parts[0].sides)
-    common = {key: _concat([p.common[key] for p in parts], _empty_common()[key]) for key in COMMON}
-    k5 = parts[0].sides[REFERENCE]["top5_classes"].shape[1]
-    per_side = {s: {key: _concat([p.sides[s][key] for p in parts], _empty_side(k5)[key]) for key in PER_SIDE}
-                for s in sides}
-    if np.any(np.diff(common["index"]) <= 0):
-        raise UsageError("the shards' images overlap or are out of order", "merge shards of one evaluation")
-    eval_dir = out_dir / EVAL_DIR
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    write_records(eval_dir, common, per_side)
-    skipped = [s for p in parts for s in p.skipped]
-    meta = {**base, "run": {**base["run"], "shard": None}, "skipped": skipped, "count": int(len(common["index"])),
-            "merged_from": [str(seen[k]) for k in sorted(seen)]}
-    write_json_atomic(eval_dir / META, meta)
-    return load_records(eval_dir), meta

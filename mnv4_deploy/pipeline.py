@@ -329,7 +329,7 @@ def _stream_evaluation(ctx: RunContext, report: Report, keep_records: bool = Tru
     with tempfile.TemporaryDirectory(prefix="mnv4-eval-") as scratch:
         records = stage.run(ctx.prepared.canonical, ctx.prepared, ctx.recipe, shas,
                             ctx.out_dir if keep_records else Path(scratch), ctx.log)
-    report.evaluation = records.describe(ctx.prepared.contract.sha256())
+    report.evaluation = records.describe(ctx.prepared.contract.sha256()) | ({} if keep_records else {"records": None})
     for result in report.results:
         if result.target in records.sides:
             _judge_accuracy(result, records.accuracy(result.target), ctx.max_drop)
