@@ -25,6 +25,12 @@ REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for
                 "versions: torch.onnx export and onnxsim are deterministic and ONNX stores no timestamps"}
 
 
+# onnxsim passes that fuse hand-written attention (q/k/v projections, matmul, softmax) into
+# ONNX Runtime's com.microsoft Attention/GroupQueryAttention contrib ops: only onnxruntime runs
+# those, and hb_mapper refuses them, so the exported ONNX keeps standard-domain ops only.
+NON_STANDARD_FUSIONS = ("fuse_attention", "fuse_gqa")
+
+
 def check_opset(opset: int) -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(f"--opset {opset} is not supported", f"use {MIN_OPSET}..{MAX_OPSET}")
@@ -48,7 +54,7 @@ def export_float_onnx(model: Any, example: Any, path: Path, opset: int, dynamic_
     if simplify:
         import onnxsim
 
-        candidate, ok = onnxsim.simplify(proto)
+        candidate, ok = onnxsim.simplify(proto, skipped_optimizers=list(NON_STANDARD_FUSIONS))
         if not ok:
             raise DeployError("onnxsim could not verify the simplified model", "retry with --no-simplify")
         proto, simplified = candidate, True

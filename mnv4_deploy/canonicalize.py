@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attention import decompose_multihead_attention
 from .same_padding import PadStats, canonicalize_padding
 from .same_padding import describe as describe_padding
 from .validate import ParityMetrics, compare
@@ -46,6 +47,7 @@ class FoldStats:
     prenorms_to_affine: int = 0
     norms_left: list[str] = field(default_factory=list)
     fused_attention_disabled: int = 0
+    multihead_attention_decomposed: int = 0
     padding: PadStats = field(default_factory=PadStats)
     verification: ParityMetrics | None = None
 
@@ -62,6 +64,7 @@ class FoldStats:
             "mqa_prenorms_as_affine": self.prenorms_to_affine,
             "norms_left": self.norms_left,
             "fused_attention_disabled": self.fused_attention_disabled,
+            "multihead_attention_decomposed": self.multihead_attention_decomposed,
             "pads_rewritten": self.pads_rewritten,
             "padding": describe_padding(self.padding),
             "verification": self.verification.to_dict() if self.verification else None,
@@ -209,7 +212,8 @@ def canonicalize(model: nn.Module, example: torch.Tensor, fold: bool = True) -> 
     of the same function, and the int8 engine and converters need plain convs.
     """
     canonical = copy.deepcopy(model).eval()
-    stats = FoldStats(fused_attention_disabled=disable_fused_attention(canonical))
+    stats = FoldStats(fused_attention_disabled=disable_fused_attention(canonical),
+                      multihead_attention_decomposed=decompose_multihead_attention(canonical))
     canonical, stats.padding = canonicalize_padding(canonical, example)
     if not fold:
         stats.norms_left = [n for n, m in canonical.named_modules() if _is_norm(m)]

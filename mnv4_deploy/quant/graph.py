@@ -214,6 +214,8 @@ def build_quant_graph(model: nn.Module, example: torch.Tensor) -> QuantGraph:
         src = source.get(first.name) if first is not None else None
         if kind == "identity":
             source[node.name] = src
+            if first is not None and first.name in owner and len(first.users) == 1:
+                owner[node.name] = owner.pop(first.name)  # a folded BN left an Identity before the ReLU
         elif kind == "reshape" and (src is not None or first is None or _is_float_tensor(first)):
             if src is None:
                 source[node.name] = None

@@ -13,7 +13,11 @@ from typing import Any
 import numpy as np
 
 ACT_DTYPES = ("uint8", "int8")
-_MIN_SCALE = 1e-8  # a constant (all-zero) tensor still needs a positive scale
+_MIN_SCALE = 1e-8  # a scale must be positive
+# An all-zero tensor gets the grid of [0, 1] rather than the smallest scale: a layer writing
+# into a 1e-8 grid has a requantization multiplier (in_scale * w_scale / out_scale) in the
+# thousands, which XNNPACK refuses (it needs < 256) and LiteRT then aborts while preparing it.
+_DEAD_RANGE_HI = 1.0
 
 
 def f32(value: float) -> float:
@@ -89,6 +93,8 @@ def qparams_for_range(lo: float, hi: float, bits: int = 8, symmetric: bool = Fal
     zero point at the container's minimum so runtimes can drop the ReLU into the quantizer.
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if lo == hi:  # all zero on the calibration set (a dead ReLU): any grid holds zero exactly
+        hi = _DEAD_RANGE_HI
     qmin, qmax = unsigned_range(bits)
     if symmetric and lo < 0:
         amax = max(-lo, hi)

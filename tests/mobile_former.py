@@ -1,0 +1,296 @@
+"""A small Mobile-Former (Chen et al., "Mobile-Former: Bridging MobileNet and Transformer",
+CVPR 2022) as a user would write it: a plain `torch.nn.Module`, no timm, no export tricks.
+
+Faithful to the paper:
+- a parallel design: a MobileNet stream on the feature map and a Former stream on a few
+  (here 6) learnable global tokens, joined by two light cross-attention bridges per block;
+- Mobile->Former: the tokens are the queries, the flattened feature map is keys and values
+  WITHOUT key/value projections (only the query projection W_Q and the output projection W_O;
+  heads split the channels);
+- Former: a standard transformer block on the tokens, multi-head self-attention
+  (`nn.MultiheadAttention`) and an FFN with expansion 2, each with a residual and a
+  post-LayerNorm;
+- Mobile: an inverted bottleneck (1x1 expand, 3x3 depthwise with the block's stride, 1x1
+  project) whose two activations are Dynamic ReLU, `max(a1*x + b1, a2*x + b2)` per channel,
+  with the slopes/intercepts produced by a two-layer MLP on the first global token (after the
+  Former), through a hard sigmoid and the DY-ReLU residual form a1 = 1 + 2*(s - 0.5), a2 = 2*(s - 0.5),
+  b_i = s - 0.5, as the official implementation does;
+- Mobile<-Former: the feature map is the query (no projection), the tokens are keys and values
+  with their projections W_K, W_V; the result is added to the feature map;
+- a stem conv, blocks with stride 1 and 2, and a head that concatenates the pooled features
+  with the first token, then two fully connected layers.
+
+Simplified for 32-64 px digits: few narrow blocks, ReLU instead of h-swish in the stem and
+head, no lite-bottleneck after the stem, no dropout.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trained_net import DEFAULT_CACHE, TrainedDigits, TrainSettings, _shift, digits_arrays, digits_contract
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x + 3.0) / 6.0
+
+
+class DynamicReLU(nn.Module):
+    """max(a1*x + b1, a2*x + b2) per channel; coefficients from the first global token."""
+
+    def __init__(self, channels: int, token_dim: int, reduction: int = 4):
+        super().__init__()
+        self.channels = channels
+        self.fc1 = nn.Linear(token_dim, token_dim // reduction)
+        self.fc2 = nn.Linear(token_dim // reduction, 4 * channels)
+        # DY-ReLU residual form: starts as ReLU (a1 = 1, a2 = 0, b = 0) when s = 0.5
+        self.register_buffer("lambdas", torch.tensor([2.0, 2.0, 1.0, 1.0]).repeat_interleave(channels))
+        self.register_buffer("inits", torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat_interleave(channels))
+
+    def coefficients(self, token0: torch.Tensor) -> torch.Tensor:
+        s = hard_sigmoid(self.fc2(F.relu(self.fc1(token0))))
+        return ((s - 0.5) * self.lambdas + self.inits).reshape(-1, 4, self.channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, token0: torch.Tensor) -> torch.Tensor:
+        c = self.coefficients(token0)
+        return torch.maximum(x * c[:, 0] + c[:, 2], x * c[:, 1] + c[:, 3])
+
+
+class MobileToFormer(nn.Module):
+    """Tokens attend to the feature map; keys/values are the feature map itself (no projection)."""
+
+    def __init__(self, channels: int, token_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = (channels // heads) ** -0.5
+        self.q = nn.Linear(token_dim, channels)
+        self.proj = nn.Linear(channels, token_dim)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        m = z.shape[1]
+        kv = x.reshape(b, self.heads, c // self.heads, h * w)  # (B, heads, C/h, HW)
+        q = self.q(z).reshape(b, m, self.heads, c // self.heads).transpose(1, 2)  # (B, heads, M, C/h)
+        attn = ((q @ kv) * self.scale).softmax(dim=-1)  # (B, heads, M, HW)
+        out = (attn @ kv.transpose(-2, -1)).transpose(1, 2).reshape(b, m, c)
+        return z + self.proj(out)
+
+
+class Former(nn.Module):
+    """Post-LN transformer block on the tokens: self-attention, then an FFN with expansion 2."""
+
+    def __init__(self, token_dim: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(token_dim, heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(token_dim)
+        self.ffn = nn.Sequential(nn.Linear(token_dim, 2 * token_dim), nn.GELU(), nn.Linear(2 * token_dim, token_dim))
+        self.norm2 = nn.LayerNorm(token_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.norm1(z + self.attn(z, z, z, need_weights=False)[0])
+        return self.norm2(z + self.ffn(z))
+
+
+class Mobile(nn.Module):
+    """Inverted bottleneck with Dynamic ReLU after the expansion and after the depthwise conv."""
+
+    def __init__(self, cin: int, cout: int, expand: int, stride: int, token_dim: int):
+        super().__init__()
+        mid = cin * expand
+        self.pw = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act1 = DynamicReLU(mid, token_dim)
+        self.dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.act2 = DynamicReLU(mid, token_dim)
+        self.pwl = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor, token0: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.pw(x)), token0)
+        y = self.act2(self.bn2(self.dw(y)), token0)
+        y = self.bn3(self.pwl(y))
+        return x + y if self.residual else y
+
+
+class FormerToMobile(nn.Module):
+    """The feature map attends to the tokens; keys/values are projected from the tokens."""
+
+    def __init__(self, channels: int, token_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = (channels // heads) ** -0.5
+        self.k = nn.Linear(token_dim, channels)
+        self.v = nn.Linear(token_dim, channels)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        m, d = z.shape[1], c // self.heads
+        q = x.reshape(b, self.heads, d, h * w).transpose(-2, -1)  # (B, heads, HW, C/h)
+        k = self.k(z).reshape(b, m, self.heads, d).permute(0, 2, 3, 1)  # (B, heads, C/h, M)
+        v = self.v(z).reshape(b, m, self.heads, d).transpose(1, 2)  # (B, heads, M, C/h)
+        attn = ((q @ k) * self.scale).softmax(dim=-1)  # (B, heads, HW, M)
+        out = (attn @ v).transpose(-2, -1).reshape(b, c, h, w)
+        return x + out
+
+
+class MobileFormerBlock(nn.Module):
+    """Mobile->Former, Former, Mobile (Dynamic ReLU from token 0), Mobile<-Former."""
+
+    def __init__(self, cin: int, cout: int, expand: int, stride: int, token_dim: int, heads: int):
+        super().__init__()
+        self.to_former = MobileToFormer(cin, token_dim, heads)
+        self.former = Former(token_dim, heads)
+        self.mobile = Mobile(cin, cout, expand, stride, token_dim)
+        self.to_mobile = FormerToMobile(cout, token_dim, heads)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.former(self.to_former(x, z))
+        x = self.mobile(x, z[:, 0])
+        return self.to_mobile(x, z), z
+
+
+class MobileFormer(nn.Module):
+    """Stem, Mobile-Former blocks, and a head on [pooled features, token 0]."""
+
+    def __init__(self, num_classes: int = 10, tokens: int = 6, token_dim: int = 64, heads: int = 2,
+                 stem: int = 16, blocks: tuple[tuple[int, int, int], ...] = ((24, 3, 2), (24, 3, 1), (40, 3, 2),
+                                                                           (40, 3, 1)),
+                 head_channels: int = 160, hidden: int = 128):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(1, tokens, token_dim) * 0.02)
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU())
+        layers, cin = [], stem
+        for cout, expand, stride in blocks:
+            layers.append(MobileFormerBlock(cin, cout, expand, stride, token_dim, heads))
+            cin = cout
+        self.blocks = nn.ModuleList(layers)
+        self.conv_head = nn.Sequential(nn.Conv2d(cin, head_channels, 1, bias=False), nn.BatchNorm2d(head_channels),
+                                       nn.ReLU())
+        self.fc1 = nn.Linear(head_channels + token_dim, hidden)
+        self.classifier = nn.Linear(hidden, num_classes)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, DynamicReLU):  # start every Dynamic ReLU as a plain ReLU
+                nn.init.zeros_(m.fc2.weight)
+        nn.init.zeros_(self.classifier.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.tokens.expand(x.shape[0], -1, -1)
+        x = self.stem(x)
+        for block in self.blocks:
+            x, z = block(x, z)
+        pooled = self.conv_head(x).mean(dim=(2, 3))
+        features = torch.cat([pooled, z[:, 0]], dim=1)
+        return self.classifier(F.relu(self.fc1(features)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- training on scikit-learn digits, the way tests/trained_net.py trains the MNv4 test net ----
+
+
+@dataclass(frozen=True)
+class MobileFormerSettings:
+    """Everything that determines the trained weights (hashed into the cache key)."""
+
+    img_size: int = 32
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 4e-3  # AdamW, one-cycle schedule
+    weight_decay: float = 0.05
+    shift_px: int = 2
+    seed: int = 0
+    threads: int = 1
+    version: int = 1
+
+    def digits(self) -> TrainSettings:
+        """The data settings of the MNv4 digits net: same split, contract and calibration subset."""
+        return TrainSettings(img_size=self.img_size, shift_px=self.shift_px, seed=self.seed)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _train_loop(settings: MobileFormerSettings, x: np.ndarray, y: np.ndarray, log) -> MobileFormer:
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    model = MobileFormer()
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    steps = settings.epochs * ((len(x) + settings.batch_size - 1) // settings.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps, pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = time.time()
+    model.train()
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(0, len(x), settings.batch_size):
+            idx = order[i:i + settings.batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm needs two samples
+            loss = loss_fn(model(_shift(xt[idx], settings.shift_px, gen)), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        log(f"mobile-former epoch {epoch + 1}/{settings.epochs}: loss {total / len(x):.3f} ({time.time() - t0:.0f}s)")
+    return model.eval()
+
+
+def load_trained_mobile_former(settings: MobileFormerSettings | None = None, cache_dir: Path | None = None,
+                               log=print) -> TrainedDigits:
+    """Train (or load from the cache) the digits Mobile-Former and evaluate it on the held-out split."""
+    settings = settings or MobileFormerSettings()
+    cache_dir = Path(cache_dir or DEFAULT_CACHE)
+    path = cache_dir / f"mobile-former-digits-{settings.key()}.pt"
+    data = settings.digits()
+    x_tr, y_tr, x_cal, x_te, y_te = digits_arrays(data)
+    if path.exists():
+        model = MobileFormer()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.eval()
+    else:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(settings.threads)  # small tensors: one thread is fastest (trained_net.py)
+        try:
+            model = _train_loop(settings, x_tr, y_tr, log)
+        finally:
+            torch.set_num_threads(previous)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x_te)).numpy()
+    top1 = float(np.mean(np.argmax(logits, axis=1) == y_te) * 100.0)
+    return TrainedDigits(model, data, digits_contract(settings.img_size), x_tr, y_tr, x_cal, x_te, y_te, top1, path,
+                         extra={"mobile_former": asdict(settings)})
+
+
+if __name__ == "__main__":
+    t = time.time()
+    net = load_trained_mobile_former()
+    print(f"mobile-former: {count_parameters(net.model)} parameters, held-out top-1 {net.float_top1:.2f}% "
+          f"on {len(net.y_heldout)} images ({time.time() - t:.0f}s), weights {net.weights_path}")
