@@ -3,8 +3,8 @@
 `data.image_folder_batch` decodes every calibration image into one array (fine at the recipe's
 300, about 3 GB at 5,000 and 224 px). Above `IN_MEMORY_LIMIT` images, `calibration_set` returns a
 `StreamedCalibration` instead: one scan through the worker pool picks exactly the images the
-in-memory path would (the seeded draw, unreadable files replaced from the rest, in the same
-order), hashes them the same way and keeps only the first `held` tensors in memory. The plan's
+in-memory path would (the seeded draw, unreadable files replaced from the rest, then the
+folder's order), hashes them the same way and keeps only the first `held` tensors in memory. The plan's
 streaming steps (bias absorption, range observers) then re-read the images in batches with the
 same boundaries as slicing the array, so the plan is the same; the layer-by-layer steps use the
 held prefix up to their own `correction_size`, as they slice it from the array today; converters
@@ -80,13 +80,13 @@ def calibration_set(root: str | Path, contract: Preprocess, count: int, seed: in
                                            needed_for=needed_for)
     root = Path(root)
     files = datasets.find_images(root, option, log)
-    ordered = [files[i] for i in datasets.draw_order(len(files), count, seed)]
-    kept: list[Path] = []
-    entries, skipped, head = [], [], []
+    draw = datasets.draw_order(len(files), count, seed)
+    ordered = [files[i] for i in draw]
+    kept: list[tuple[int, Path, str]] = []  # (index in the folder, path, hash entry)
+    skipped: list[str] = []
     with ChunkDecoder(ordered, contract, SCAN_CHUNK, workers) as decoder:
         for chunk in decoder.chunks(range(len(decoder.ranges))):
             reasons = dict(chunk.skipped)
-            tensors = dict(zip(chunk.positions, chunk.tensors))
             shas = dict(zip(chunk.positions, chunk.sha256))
             for position in decoder.ranges[chunk.chunk]:
                 if len(kept) >= count:
@@ -96,10 +96,7 @@ def calibration_set(root: str | Path, contract: Preprocess, count: int, seed: in
                     skipped.append(printable_path(rel))
                     log(f"warning: skipping unreadable image {printable_path(rel)}: {reasons[position]}")
                     continue
-                kept.append(ordered[position])
-                entries.append(f"{rel}:{shas[position]}")
-                if len(head) < held:
-                    head.append(tensors[position])
+                kept.append((draw[position], ordered[position], f"{rel}:{shas[position]}"))
             if len(kept) >= count:
                 break
     if not kept:
@@ -112,7 +109,11 @@ def calibration_set(root: str | Path, contract: Preprocess, count: int, seed: in
     if len(kept) < count:
         log(f"warning: {option} {printable_path(root)} has {len(kept)} readable images, fewer than the {count} "
             "asked for; using all")
+    kept.sort(key=lambda item: item[0])  # back in the folder's order, as the in-memory path puts them
+    paths = [path for _, path, _ in kept]
+    with ChunkDecoder(paths[:held], contract, SCAN_CHUNK, workers) as decoder:
+        head = [c.tensors for c in decoder.chunks(range(len(decoder.ranges)))]
     return StreamedCalibration(
-        tensors=np.stack(head).astype(np.float32), source=printable_path(root), paths=kept, contract=contract,
-        files=[printable_path(datasets._relative(p, root)) for p in kept], skipped=skipped,
-        sha256=datasets._hash_batch(contract, entries), workers=workers)
+        tensors=np.concatenate(head).astype(np.float32), source=printable_path(root), paths=paths, contract=contract,
+        files=[printable_path(datasets._relative(p, root)) for p in paths], skipped=skipped,
+        sha256=datasets._hash_batch(contract, [entry for _, _, entry in kept]), workers=workers)

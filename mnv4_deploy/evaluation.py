@@ -39,6 +39,7 @@ META = "meta.json"
 REFERENCE = "reference"
 EVAL_CHUNK = 32  # images per chunk: the batch every model sees (and the shard/resume grid)
 PROGRESS_SECONDS = 10.0
+SMALL_PASS_CHUNKS = 2  # a pass this short decodes in the main process
 FORMAT = 1
 
 Run = Callable[[np.ndarray], np.ndarray]
@@ -324,7 +325,8 @@ def run_evaluation(spec: EvalSpec, reference: Run, runners: Mapping[str, Run], o
         todo = [c for c in wanted if c not in done]
         ranges = chunk_ranges(len(spec.labeled), spec.chunk_size)
         rate = _Rate(sum(len(ranges[c]) for c in todo), log)
-        with ChunkDecoder(spec.labeled.files, spec.contract, spec.chunk_size, workers) as decoder:
+        pool = workers if len(todo) > SMALL_PASS_CHUNKS else 0  # starting processes costs more than 2 chunks
+        with ChunkDecoder(spec.labeled.files, spec.contract, spec.chunk_size, pool) as decoder:
             for decoded in decoder.chunks(todo):
                 for position, reason in decoded.skipped:
                     log(f"warning: skipping unreadable image "
