@@ -6,6 +6,12 @@ reshape) take their source's grid.
 
 The model's outputs are never clipped: an estimator trades rare large values for
 resolution, but the rare large logit is the one that wins the arg-max.
+
+A sigmoid's output (squeeze-excite gates) is not calibrated: it gets the fixed grid
+[0, 1) with scale 2^-bits and the zero point at the container's minimum, the one TFLite's
+int8 LOGISTIC kernel requires (scale 1/256, zero point -128). A calibrated grid there is
+rewritten by the TFLite converter, so EdgeTPU/TFLite would compute something the plan does
+not; with the fixed grid every int8 target computes the same gate as the emulation.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch
 
 from .graph import QuantGraph
 from .observers import RangeObserver
-from .qparams import QParams, qparams_for_range
+from .qparams import QParams, f32, qparams_for_range
 from .simulate import FLOAT, batches, run_streams
 
 
@@ -47,6 +53,15 @@ def output_points(qg: QuantGraph) -> set[str]:
     return found
 
 
+FIXED_UNIT_RANGE_OPS = frozenset({"Sigmoid", "sigmoid"})  # unit.op of a sigmoid (module, function, method)
+
+
+def unit_range_grid(bits: int, dtype: str) -> QParams:
+    """[0, 1 - 2^-bits] on 2^bits steps of 2^-bits: a sigmoid's output grid."""
+    qmax = (1 << bits) - 1
+    return QParams(f32(2.0 ** -bits), 0, 0, qmax).as_dtype(dtype)
+
+
 def calibrate_ranges(qg: QuantGraph, data: "torch.Tensor | Any", estimator: str, bits: int, symmetric: bool,
                      percentile: float, dtype: str, batch_size: int,
                      log: Callable[[str], None] = lambda _: None
@@ -72,6 +87,10 @@ def calibrate_ranges(qg: QuantGraph, data: "torch.Tensor | Any", estimator: str,
     observed: dict[str, ObservedRange] = {}
     for p in roots:
         obs = observers[p]
+        if qg.units[qg.points[p].unit].op in FIXED_UNIT_RANGE_OPS and p not in outputs:
+            grids[p] = unit_range_grid(bits, dtype)
+            observed[p] = ObservedRange(obs.min, obs.max, grids[p].lo, grids[p].hi)
+            continue
         lo, hi = obs.range(symmetric)
         grids[p] = qparams_for_range(lo, hi, bits, symmetric, dtype)
         observed[p] = ObservedRange(obs.min, obs.max, lo, hi)
