@@ -289,8 +289,58 @@ def load_trained_mobile_former(settings: MobileFormerSettings | None = None, cac
                          extra={"mobile_former": asdict(settings)})
 
 
+ALL_TARGETS = "onnx,onnx-int8,tflite,tflite-int8,edgetpu,coreml,coreml-int8,bpu-x5,bpu-x3"
+
+
+def _cell(metrics: dict | None, key: str, fmt: str = "{:.6f}") -> str:
+    return "-" if not metrics or metrics.get(key) is None else fmt.format(metrics[key])
+
+
+def export_table(net: TrainedDigits, out: Path, targets: str = ALL_TARGETS, calib_size: int = 64) -> str:
+    """Every target of the trained net in one `mnv4_deploy.export` run, as a Markdown table."""
+    from mnv4_deploy import export
+
+    from trained_net import write_digit_images
+
+    write_digit_images(out / "data" / "calib", net.x_calib, net.contract)
+    write_digit_images(out / "data" / "eval", net.x_heldout, net.contract, net.y_heldout)
+    torch.set_num_threads(1)  # 32x32 tensors (tests/conftest.py, one_torch_thread)
+    report = export(net.model, targets, out / "export", contract=net.contract, name="mobile-former", golden_count=4,
+                    calib_data=out / "data" / "calib", calib_size=calib_size, eval_data=out / "data" / "eval",
+                    log=lambda _: None)
+    lines = ["| target | status | cosine vs float | cosine vs emulation | top-1 | drop pt (95% CI) | CPU ops |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report.results:
+        acc = r.accuracy or {}
+        drop = "-" if not acc else "{:+.2f} ({:+.2f}, {:+.2f})".format(acc["drop_top1"], *acc["drop_top1_ci95"])
+        cpu = "-"
+        if "edgetpu_static_check" in r.metadata:
+            c = r.metadata["edgetpu_static_check"]
+            cpu = (f"{c['counts']['on_edgetpu']}/{c['counts']['ops']} map; first CPU op {c['first_cpu_op']['op']}; "
+                   f"cannot map: {', '.join(f'{k} x{v}' for k, v in c['unsupported_ops'].items())}")
+        elif "op_check" in r.metadata:
+            off = r.metadata["op_check"]["off_bpu"]
+            kinds = sorted({line.split(" (")[-1].split(")")[0] for line in off})
+            cpu = f"{len(off)} nodes off the BPU: {', '.join(kinds)}"
+        lines.append(f"| `{r.target}` | {r.status} | {_cell(r.parity, 'cosine')} "
+                     f"| {_cell(r.emulation_parity, 'cosine')} | {_cell(acc, 'top1', '{:.2f}')} | {drop} | {cpu} |")
+        for row in r.metadata.get("emulated", []) or []:
+            a = row.get("accuracy") or {}
+            lines.append(f"| `{r.target}` [{row['name']}] | forecast | {_cell(row.get('parity'), 'cosine')} | - "
+                         f"| {_cell(a, 'top1', '{:.2f}')} | {_cell(a, 'drop_top1', '{:+.2f}')} | - |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="train (or load) the digits Mobile-Former; optionally export it")
+    parser.add_argument("--export", type=Path, metavar="DIR", help="export every target into DIR and print the table")
+    args = parser.parse_args()
     t = time.time()
     net = load_trained_mobile_former()
     print(f"mobile-former: {count_parameters(net.model)} parameters, held-out top-1 {net.float_top1:.2f}% "
           f"on {len(net.y_heldout)} images ({time.time() - t:.0f}s), weights {net.weights_path}")
+    if args.export is not None:
+        print(export_table(net, args.export))
+        print(f"({time.time() - t:.0f}s in all)")
