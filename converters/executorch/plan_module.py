@@ -48,17 +48,28 @@ def xnnpack_qdq_ops() -> Any:
 
 
 def _freeze_layer(layer: Any) -> None:
-    """Constant int8 weights behind one dequantize_per_channel, and a constant float bias."""
+    """Constant int8 weights behind one dequantize_per_channel, and a constant float bias.
+
+    The layer's other state (float weights, bias copies) is dropped: torch.export lifts every
+    buffer into the program, and unused ones would stay in its constant table beside the
+    delegate's own int8 copy (measured: the .pte 1.5x the fp32 one instead of about 0.3x).
+    """
     import torch
 
     qd = torch.ops.quantized_decomposed
     ints = layer.weight_int.to(torch.int8).clone()
     scale = layer.weight_scale.float().clone()
-    zeros = torch.zeros(scale.shape, dtype=torch.int64)
-    layer.effective_weight = lambda: qd.dequantize_per_channel(ints, scale, zeros, 0, -127, 127, torch.int8)
     with torch.no_grad():
         bias = layer.effective_bias().detach().float().clone()
-    layer.effective_bias = lambda: bias
+    for unused in ("weight", "bias", "weight_int", "weight_scale", "bias_q"):
+        layer._buffers.pop(unused, None)
+    layer.register_buffer("xnn_weight_int8", ints)
+    layer.register_buffer("xnn_weight_scale", scale)
+    layer.register_buffer("xnn_weight_zero", torch.zeros(scale.shape, dtype=torch.int64))
+    layer.register_buffer("xnn_bias", bias)
+    layer.effective_weight = lambda: qd.dequantize_per_channel(
+        layer.xnn_weight_int8, layer.xnn_weight_scale, layer.xnn_weight_zero, 0, -127, 127, torch.int8)
+    layer.effective_bias = lambda: layer.xnn_bias
 
 
 def plan_module(plan: Any) -> Any:

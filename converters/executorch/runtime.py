@@ -5,9 +5,14 @@ runs on ExecuTorch's thread pool (one thread per core by default; `set_threads` 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -36,21 +41,39 @@ def set_threads(count: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _native_log() -> Iterator[list[str]]:
+    """Capture what the C++ runtime logs while loading (Python-level and fd 2) instead of printing it."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink, contextlib.redirect_stderr(io.StringIO()) as text:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [ln.strip() for ln in sink.read().decode(errors="replace").splitlines() + text.getvalue().splitlines()
+                      if ln.strip()]
+
+
 def load_program(path: Path) -> Any:
-    """The loaded program, or one line naming the file when it is not a readable .pte."""
+    """The loaded program, or one line naming the file (and the runtime's reason) when it is not a readable .pte."""
     from executorch.runtime import Runtime
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: not a file", "pass the .pte written by an executorch target")
     try:
-        program = Runtime.get().load_program(path)
-        if "forward" not in program.method_names:
-            raise ValueError("no forward method")
-    except UsageError:
-        raise
+        with _native_log() as log:
+            program = Runtime.get().load_program(path)
+            if "forward" not in program.method_names:
+                raise ValueError("no forward method")
     except Exception as exc:
-        raise UsageError(f"{path}: not a readable ExecuTorch program ({type(exc).__name__})",
+        reason = next((ln.split("] ", 1)[-1] for ln in log if "program.cpp" in ln or "Error" in ln), type(exc).__name__)
+        raise UsageError(f"{path}: not a readable ExecuTorch program ({reason[:160]})",
                          "check the file is complete; re-export it") from None
     return program
 

@@ -96,7 +96,7 @@ class OpenvinoConverter:
         embedded = artifact_metadata(job, self.info.name, precision, _num_classes(job), plan, PACKAGES)
         embedded["weights_storage"] = "fp16" if fp16_weights else ("int8" if self.int8 else "fp32")
         path = job.workdir / f"{job.stem}{self.info.suffix}"
-        onnx_to_ir(onnx_path, path, job.stem, embedded, fp16_weights)
+        onnx_to_ir(onnx_path, path, job.stem, embedded, fp16_weights, list(job.example.shape))
         onnx_path.unlink()
         facts = describe_ir(path)
         meta = {"route": "ONNX (opset 17) -> openvino.convert_model -> openvino.save_model", "onnx": source,

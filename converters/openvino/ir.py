@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mnv4_deploy.registry import Runner
 
 RT_KEY = ["mnv4_deploy", "metadata"]
 NUM_THREADS = 2
+_GENERATED = re.compile(r"^[A-Za-z0-9]+_\d+$")
 
 
 def ov_version() -> str:
@@ -31,16 +33,34 @@ def ov_version() -> str:
     return version("openvino")
 
 
-def onnx_to_ir(onnx_path: Path, out_dir: Path, stem: str, metadata: dict[str, Any], fp16_weights: bool) -> Path:
-    """Convert an ONNX file to `<out_dir>/<stem>.xml` + `.bin`; return the .xml path."""
+def onnx_to_ir(onnx_path: Path, out_dir: Path, stem: str, metadata: dict[str, Any], fp16_weights: bool,
+               input_shape: list[int]) -> Path:
+    """Convert an ONNX file to `<out_dir>/<stem>.xml` + `.bin` with a static `input_shape`; return the .xml path.
+
+    Static like the other targets' artifacts (the QDQ ONNX has a dynamic batch axis): OpenVINO
+    plans its CPU kernels for the shape it is given.
+    """
     import openvino as ov
 
     model = ov.convert_model(io.BytesIO(Path(onnx_path).read_bytes()))
+    model.reshape([int(d) for d in input_shape])
+    _stable_names(model)
     model.set_rt_info(json.dumps(metadata, sort_keys=True), RT_KEY)
     out_dir.mkdir(parents=True, exist_ok=True)
     xml = out_dir / f"{stem}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=fp16_weights)
     return xml
+
+
+def _stable_names(model: Any) -> None:
+    """Rename OpenVINO's generated op names (`Reshape_73397`: a process-wide counter) by position.
+
+    Names taken from the ONNX (`/blocks/.../Conv`, `input`, `logits`) are kept; the generated
+    ones would otherwise differ between two exports in one process.
+    """
+    for index, op in enumerate(model.get_ordered_ops()):
+        if _GENERATED.match(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{index}")
 
 
 def ir_files(path: Path) -> tuple[Path, Path]:
