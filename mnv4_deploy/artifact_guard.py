@@ -91,15 +91,19 @@ def _time_limit(seconds: float) -> Iterator[None]:
 def reading(path: str | Path, what: str, seconds: float | None = None) -> Iterator[None]:
     """Within the block, any reader failure is `ArtifactUnreadable` naming `path` and `what`.
 
-    Typed errors (`DeployError`: a missing backend, a precise UsageError from a reader) pass
-    through unchanged; anything else, a hang past the time limit included, becomes one line.
+    Typed errors with their own exit code (a missing backend, a precise UsageError from a
+    reader) pass through unchanged; a reader's generic `DeployError` (exit 1, e.g. a corrupt
+    weights file) keeps its message as exit 2; anything else, a hang past the time limit
+    included, becomes one line.
     """
     shown = _printable(Path(path))
     limit = read_timeout() if seconds is None else seconds
     try:
         with _time_limit(limit):
             yield
-    except DeployError:
+    except DeployError as exc:
+        if exc.exit_code == DeployError.exit_code:
+            raise ArtifactUnreadable(exc.message, exc.hint) from None
         raise
     except _ReadTimeout:
         raise ArtifactUnreadable(f"{shown}: reading it as {what} took longer than {limit:g} s; the file is "

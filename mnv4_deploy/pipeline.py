@@ -23,8 +23,8 @@ from .calibration_stream import calibration_set
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
 from .recipes import Recipe, load_recipe
-from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, find_targets, load_target,
-                       parse_targets, target_for_artifact)
+from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, find_targets,
+                       load_target, parse_targets, target_for_artifact)
 from .report import (ACCURACY_FAILED, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT, VALIDATION_FAILED,
                      Report, TargetResult)
 from .run_lock import output_lock
@@ -242,14 +242,18 @@ def run_target(conv: Converter, ctx: RunContext) -> TargetResult:
     return judge_artifact(conv, artifact, ctx, result)
 
 
-def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result: TargetResult) -> TargetResult:
-    """Run an artifact in its runtime and judge parity (and accuracy) against the reference."""
+def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result: TargetResult,
+                   runner: Runner | NotRunnable | None = None) -> TargetResult:
+    """Run an artifact in its runtime and judge parity (and accuracy) against the reference.
+
+    `runner`: one already opened (validate opens it first, so a damaged file is exit 2, not 3).
+    """
     result.artifact = artifact.path.name
     result.size_bytes = size_bytes(artifact.path)
     result.sha256 = sha256_path(artifact.path)
     started = time.perf_counter()
     try:
-        runner = conv.runner(artifact)
+        runner = runner if runner is not None else conv.runner(artifact)
         if isinstance(runner, NotRunnable):
             result.status, result.reason = NOT_RUN_HERE, runner.reason
             return result
@@ -492,9 +496,11 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
                              num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
                              seed=seed, fold=fold, recipe=recipe, log=log)
     describe = getattr(conv, "describe", None)
-    if describe is not None:
-        with reading(path, f"{conv.info.name} artifact"):  # damaged input: one line, exit 2, before judging
-            description = describe(path)
+    artifact_ = Artifact(conv.info.name, path, conv.info.precision)
+    with reading(path, f"{conv.info.name} artifact"):  # damaged input: one line, exit 2, before judging
+        description = describe(path) if describe is not None else None
+        runner = conv.runner(artifact_)  # opening the runtime reads what describe does not (e.g. weights)
+    if description is not None:
         _check_artifact_io(description, prepared, path)
     out_dir = ensure_writable_dir(Path(out)) if out is not None else path.parent
     ctx = RunContext(prepared=prepared, recipe=recipe, options=ExportOptions(fold=fold), out_dir=out_dir,
@@ -502,7 +508,7 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
     ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)
     report = _new_report(ctx)
     result = TargetResult(target=conv.info.name, precision=conv.info.precision, status=EXPORT_FAILED)
-    report.results.append(judge_artifact(conv, Artifact(conv.info.name, path, conv.info.precision), ctx, result))
+    report.results.append(judge_artifact(conv, artifact_, ctx, result, runner=runner))
     _stream_evaluation(ctx, report, keep_records=out is not None)
     report.results[0].artifact = str(path)
     if out is not None:

@@ -99,6 +99,19 @@ def test_validate_refuses_damaged_artifacts_in_one_line(artifacts, tmp_path, fmt
     assert str(path.name) in _one_error_line(result)
 
 
+def test_validate_refuses_truncated_core_ml_weights_that_inspect_does_not_read(artifacts, tmp_path):
+    package = tmp_path / ARTIFACTS["mlpackage"]
+    shutil.copytree(artifacts / ARTIFACTS["mlpackage"], package)
+    weights = package / "Data/com.apple.CoreML/weights/weight.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert runner.invoke(app, ["inspect", str(package)]).exit_code == 0  # the spec alone is intact
+    result = runner.invoke(app, ["validate", str(package), "--model", "conv_small_050", "--num-classes", "10",
+                                 "--img-size", "32", "--golden-count", "2"])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result)
+    assert package.name in line and "truncated" in line
+
+
 def test_a_fifo_named_like_an_artifact_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)
