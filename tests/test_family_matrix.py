@@ -179,3 +179,29 @@ def test_sigmoid_gates_get_the_fixed_grid_tflite_requires(recipe, zero_point):
     assert (gate.scale, gate.zero_point) == (1 / 256, zero_point)
     # every other point stays calibrated: the SiLU after `reduce` is not a [0, 1) grid
     assert plan.activation_ranges["act"].scale != 1 / 256
+
+
+def test_hard_sigmoid_becomes_bpu_ops_on_x3_with_the_same_function(tmp_path):
+    """MobileNet-V3's hard-swish/hard-sigmoid export as ONNX HardSigmoid (opset 11), a CPU op on
+    bernoulli2; the bundle writes it as Mul -> Add -> Clip, which the X3 BPU runs."""
+    import numpy as np
+    import onnx
+
+    from converters.bpu.march import check_onnx_ops, get_march
+    from converters.bpu.onnx_model import export_bpu_onnx
+    from converters.onnx import ort_runner
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Hardswish(), torch.nn.Conv2d(8, 8, 1),
+                                torch.nn.Hardsigmoid()).eval()
+    x = torch.randn(1, 3, 16, 16) * 4  # reaches both saturated ends of hard-sigmoid
+    out = {}
+    for march in ("bernoulli2", "bayes-e"):
+        path = tmp_path / f"{march}.onnx"
+        meta = export_bpu_onnx(model, x, path, 11, True, get_march(march))
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        out[march] = (meta["hard_sigmoids_as_clip"], "HardSigmoid" in ops, check_onnx_ops(path, get_march(march)).off_bpu)
+        with torch.no_grad():
+            np.testing.assert_allclose(ort_runner(path).run(x.numpy()), model(x).numpy(), rtol=0, atol=1e-6)
+    assert out["bernoulli2"] == (2, False, ())
+    assert out["bayes-e"] == (0, True, ())  # X5's BPU runs HardSigmoid itself

@@ -5,7 +5,9 @@ holds the canonical (folded) model exported at opset 11 and simplified, with nam
 rewrite makes classifiers fully BPU on X3 as well: the `Flatten -> Gemm` head becomes a 1x1
 `Conv` with a (1, classes, 1, 1) output, because Flatten/Reshape run on the CPU on bernoulli2
 (hb_mapper itself turns a Gemm into a Conv plus a CPU Reshape; the vendor then removes that
-Reshape with `hb_model_modifier -r`). Ops the march cannot run at all are refused; ops that
+Reshape with `hb_model_modifier -r`). On a march whose BPU lacks `HardSigmoid` (X3), each one
+(MobileNet-V3's hard-swish and hard-sigmoid gates at opset 11) becomes `Mul -> Add -> Clip`,
+the same function in ops the BPU runs. Ops the march cannot run at all are refused; ops that
 would fall back to the CPU are reported, and refused with `--strict`.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ def export_bpu_onnx(model: Any, example: Any, path: Path, opset: int, simplify: 
     meta = export_float_onnx(model, example, path, opset, dynamic_batch=False, simplify=simplify)
     proto = onnx.load(str(path))
     meta["conv_head"] = conv_head(proto)
+    meta["hard_sigmoids_as_clip"] = 0 if "HardSigmoid" in march.bpu_ops else hard_sigmoid_as_clip(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     meta["ir_version"] = int(proto.ir_version)
@@ -97,6 +100,35 @@ def conv_head(proto: Any) -> bool:
     for value in (batch, weight.shape[0], 1, 1):
         out.type.tensor_type.shape.dim.add().dim_value = int(value)
     return True
+
+
+def hard_sigmoid_as_clip(proto: Any) -> int:
+    """Rewrite every `HardSigmoid(alpha, beta)` as `Clip(Add(Mul(x, alpha), beta), 0, 1)`; returns how many.
+
+    ONNX defines HardSigmoid as max(0, min(1, alpha * x + beta)), so this is the same function.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    count = 0
+    for node in [n for n in graph.node if n.op_type == "HardSigmoid"]:
+        base = node.name or f"hard_sigmoid_{count}"
+        consts = {"alpha": np.float32(_attr(node, "alpha", 0.2)), "beta": np.float32(_attr(node, "beta", 0.5)),
+                  "zero": np.float32(0.0), "one": np.float32(1.0)}
+        names = {k: f"{base}_{k}" for k in consts}
+        graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), names[k]) for k, v in consts.items())
+        scaled, shifted = f"{base}_scaled", f"{base}_shifted"
+        replacement = [
+            helper.make_node("Mul", [node.input[0], names["alpha"]], [scaled], name=f"{base}_mul"),
+            helper.make_node("Add", [scaled, names["beta"]], [shifted], name=f"{base}_add"),
+            helper.make_node("Clip", [shifted, names["zero"], names["one"]], list(node.output), name=f"{base}_clip"),
+        ]
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate(replacement):
+            graph.node.insert(index + offset, new)
+        count += 1
+    return count
 
 
 def _spatial(proto: Any, name: str) -> tuple[int, ...] | None:
