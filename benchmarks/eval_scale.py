@@ -154,6 +154,7 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, engine_only:
             "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
             "peak_rss_mb": round(_peak_self_mb(), 0), "peak_rss_mb_before_pass": round(before, 0),
             "peak_tree_rss_mb": round(tree.peak / 2 ** 20, 0),
+            "model_seconds": json.loads((out / "eval" / "meta.json").read_text())["model_seconds"],
             "reference_top1": records.describe(prepared.contract.sha256())["reference_top1"],
             "top1": {t: round(records.accuracy(t).top1, 2) for t in runners}}
 

@@ -86,8 +86,12 @@ def merge_records(dirs: Sequence[str | Path], out_dir: Path) -> tuple[EvalRecord
     eval_dir.mkdir(parents=True, exist_ok=True)
     write_records(eval_dir, common, per_side)
     skipped = [s for p in parts for s in p.skipped]
+    seconds: dict[str, float] = {}
+    for _, shard_meta in metas:
+        for side, value in (shard_meta.get("model_seconds") or {}).items():
+            seconds[side] = round(seconds.get(side, 0.0) + value, 2)
     meta = {**base, "run": {**base["run"], "shard": None}, "skipped": skipped, "count": int(len(common["index"])),
-            "merged_from": [str(seen[k]) for k in sorted(seen)]}
+            "model_seconds": seconds, "merged_from": [str(seen[k]) for k in sorted(seen)]}
     write_json_atomic(eval_dir / META, meta)
     return load_records(eval_dir), meta
 

@@ -30,10 +30,18 @@ Log = Callable[[str], None]
 
 
 def torch_runner(model: Any) -> Run:
+    """The reference in the pass, on one torch thread.
+
+    One thread makes the reference records independent of the runner's core count (shards may
+    run on different machines), and a 2-thread pool on a busy 2-core host was 3x slower than one
+    thread (conv_small 224 px: 409 vs 142 ms/image at load average 20).
+    """
     import torch
 
+    from .quant.threads import single_thread
+
     def run(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with torch.no_grad(), single_thread():
             return model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
 
     return run

@@ -232,8 +232,8 @@ def _prepare_dir(eval_dir: Path, spec: EvalSpec, resume: bool, log: Log) -> tupl
     return meta, set()
 
 
-def _chunk_arrays(spec: EvalSpec, decoded: DecodedChunk, reference: Run, runners: Mapping[str, Run]
-                  ) -> dict[str, np.ndarray]:
+def _chunk_arrays(spec: EvalSpec, decoded: DecodedChunk, reference: Run, runners: Mapping[str, Run],
+                  seconds: dict[str, float]) -> dict[str, np.ndarray]:
     root = spec.labeled.root
     positions = np.asarray(decoded.positions, np.int64)
     labels = np.asarray([spec.labeled.labels[i] for i in decoded.positions], np.int64)
@@ -247,7 +247,10 @@ def _chunk_arrays(spec: EvalSpec, decoded: DecodedChunk, reference: Run, runners
     }
     if len(positions):
         for side, run in {REFERENCE: reference, **runners}.items():
-            for key, value in side_records(run(decoded.tensors), labels).items():
+            started = time.perf_counter()
+            logits = run(decoded.tensors)
+            seconds[side] = seconds.get(side, 0.0) + time.perf_counter() - started
+            for key, value in side_records(logits, labels).items():
                 arrays[f"{side}.{key}"] = value
     return arrays
 
@@ -325,6 +328,7 @@ def run_evaluation(spec: EvalSpec, reference: Run, runners: Mapping[str, Run], o
         todo = [c for c in wanted if c not in done]
         ranges = chunk_ranges(len(spec.labeled), spec.chunk_size)
         rate = _Rate(sum(len(ranges[c]) for c in todo), log)
+        seconds: dict[str, float] = {}
         pool = workers if len(todo) > SMALL_PASS_CHUNKS else 0  # starting processes costs more than 2 chunks
         with ChunkDecoder(spec.labeled.files, spec.contract, spec.chunk_size, pool) as decoder:
             for decoded in decoder.chunks(todo):
@@ -332,16 +336,20 @@ def run_evaluation(spec: EvalSpec, reference: Run, runners: Mapping[str, Run], o
                     log(f"warning: skipping unreadable image "
                         f"{printable_path(_relative(spec.labeled.files[position], spec.labeled.root))}: {reason}")
                 write_npz(eval_dir / CHUNKS_DIR / f"{decoded.chunk:06d}.npz",
-                          _chunk_arrays(spec, decoded, reference, runners))
+                          _chunk_arrays(spec, decoded, reference, runners, seconds))
                 rate.add(len(ranges[decoded.chunk]))
         rate.add(0, final=True)
+        if seconds:
+            log("evaluation: seconds per side (model time only): "
+                + ", ".join(f"{side} {value:.1f}" for side, value in seconds.items()))
         chunk_files = [read_npz(eval_dir / CHUNKS_DIR / f"{c:06d}.npz") for c in wanted]
         common, per_side, skipped = _assemble(chunk_files, sides, k=min(5, _classes(chunk_files)))
         if not len(common["index"]):
             raise UsageError(f"--eval-data {spec.labeled.root}: none of the {sum(len(ranges[c]) for c in wanted)} "
                              "images of this evaluation could be read", "check the files are valid jpg/png images")
         write_records(eval_dir, common, per_side)
-        meta.update(complete=True, skipped=skipped, targets=list(runners), count=int(len(common["index"])))
+        meta.update(complete=True, skipped=skipped, targets=list(runners), count=int(len(common["index"])),
+                    model_seconds={side: round(value, 2) for side, value in seconds.items()})
         write_json_atomic(eval_dir / META, meta)
         shutil.rmtree(eval_dir / CHUNKS_DIR, ignore_errors=True)
     return load_records(eval_dir)
