@@ -19,13 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
-# format -> (suffix of the artifact in the export directory, [(target, reader method)])
+# format -> (suffix of the artifact in the export directory, [(target, reader method)]); "runner"
+# opens the artifact's runtime, as `validate` does inside the guarded read
 READERS = {
-    "onnx": (".onnx", [("onnx", "describe"), ("bpu-x5", "check")]),
-    "tflite": (".tflite", [("tflite", "describe"), ("edgetpu", "check")]),
-    "mlpackage": (".mlpackage", [("coreml", "describe")]),
-    "bpu": (".bayes-e.bpu", [("bpu-x5", "describe")]),
+    "onnx": (".onnx", [("onnx", "describe"), ("onnx", "runner"), ("bpu-x5", "check")]),
+    "tflite": (".tflite", [("tflite", "describe"), ("tflite", "runner"), ("edgetpu", "check")]),
+    "mlpackage": (".mlpackage", [("coreml", "describe"), ("coreml", "runner")]),
+    "bpu": (".bayes-e.bpu", [("bpu-x5", "describe"), ("bpu-x5", "runner")]),
 }
+
+
+def _reader(target: str, method: str):
+    from mnv4_deploy.registry import Artifact, load_target
+
+    conv = load_target(target)
+    if method == "runner":
+        return lambda path: conv.runner(Artifact(target, path, conv.info.precision))
+    return getattr(conv, method)
 
 
 def find_artifacts(folder: Path) -> dict[str, Path]:
@@ -72,7 +82,6 @@ def mutate(src: Path, dest: Path, rng: random.Random) -> str:
 def run(folder: Path, cases: int, seed: int, out: Path, timeout_s: float = 30.0) -> dict:
     from mnv4_deploy.artifact_guard import reading
     from mnv4_deploy.errors import ArtifactUnreadable, DeployError
-    from mnv4_deploy.registry import load_target
 
     artifacts = find_artifacts(folder)
     rng = random.Random(seed)
@@ -82,7 +91,7 @@ def run(folder: Path, cases: int, seed: int, out: Path, timeout_s: float = 30.0)
     progress = Path(str(out) + ".progress")
     for fmt, src in artifacts.items():  # imports (coremltools: tens of seconds) stay out of the time limit
         for target, method in READERS[fmt][1]:
-            getattr(load_target(target), method)(src)
+            _reader(target, method)(src)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for case in range(cases):
@@ -92,10 +101,11 @@ def run(folder: Path, cases: int, seed: int, out: Path, timeout_s: float = 30.0)
             dest.parent.mkdir()
             what = mutate(src, dest, rng)
             for target, method in READERS[fmt][1]:
-                progress.write_text(json.dumps({"case": case, "format": fmt, "mutation": what, "reader": target}))
+                progress.write_text(json.dumps({"case": case, "format": fmt, "mutation": what,
+                                                "reader": f"{target} {method}"}))
                 tally["tried"] += 1
                 per_format[fmt]["tried"] += 1
-                reader = getattr(load_target(target), method)
+                reader = _reader(target, method)
                 t0 = time.perf_counter()
                 try:
                     with reading(dest, f"{target} artifact", seconds=timeout_s):
@@ -110,14 +120,14 @@ def run(folder: Path, cases: int, seed: int, out: Path, timeout_s: float = 30.0)
                 if outcome in ("parsed", "typed", "wrapped", "timeout"):
                     tally[outcome] += 1
                 if outcome not in ("parsed", "typed", "wrapped"):  # a timeout is bounded, still not clean
-                    tally["not_clean"].append({"case": case, "format": fmt, "mutation": what, "reader": target,
-                                               "outcome": outcome})
+                    tally["not_clean"].append({"case": case, "format": fmt, "mutation": what,
+                                               "reader": f"{target} {method}", "outcome": outcome})
                 else:
                     tally["clean"] += 1
                     per_format[fmt]["clean"] += 1
                 took = time.perf_counter() - t0
                 if took > tally["slowest_s"]:
-                    tally["slowest_s"], tally["slowest"] = round(took, 3), f"{fmt} {target} {what}: {outcome}"
+                    tally["slowest_s"], tally["slowest"] = round(took, 3), f"{fmt} {target} {method} {what}: {outcome}"
             shutil.rmtree(dest.parent, ignore_errors=True)
     tally["per_format"] = per_format
     tally["seconds"] = round(time.perf_counter() - started, 2)
