@@ -143,6 +143,14 @@ def test_explicit_attention_computes_what_multihead_attention_computes(batch_fir
         explicit(q, kv, kv, attn_mask=torch.zeros(5, 7, dtype=torch.bool))
 
 
+def test_explicit_attention_keeps_separate_key_and_value_widths():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, kdim=16, vdim=24, batch_first=True).eval()
+    q, k, v = torch.randn(2, 5, 32), torch.randn(2, 7, 16), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(ExplicitMultiheadAttention(mha)(q, k, v)[0], mha(q, k, v)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_attention_without_an_explicit_form_is_refused_by_name():
     model = nn.Sequential(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     with pytest.raises(UsageError, match="0: nn.MultiheadAttention with add_bias_kv"):
@@ -159,6 +167,22 @@ def test_a_dead_relu_gets_a_grid_runtimes_accept():
         assert q.fake_quantize(np.zeros(3))[0] == 0.0 and q.scale == pytest.approx(1 / 255)
         assert q.lo == 0.0 and q.hi == pytest.approx(1.0)
     assert qparams_for_range(0.0, 1e-3).scale == pytest.approx(1e-3 / 255)  # a real range keeps its grid
+
+
+def test_relu_after_a_folded_batch_norm_shares_the_conv_output_grid():
+    """conv -> BN -> ReLU written as nn.Sequential: the folded BN leaves an Identity, and the
+    ReLU still fuses into the conv's output quantizer, as the runtimes fuse it."""
+    from mnv4_deploy.quant.graph import build_quant_graph
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    canonical, stats = canonicalize(model, x)
+    assert stats.norms_folded == 1 and isinstance(canonical[1], nn.Identity)
+    qg = build_quant_graph(canonical, x[:1])
+    assert [u.kind for u in qg.units.values()] == ["input", "layer"]
+    conv = qg.units["0"]
+    assert conv.act is not None and qg.points[conv.point].anchor == conv.act
 
 
 # ---- float and int8 targets ----
