@@ -204,6 +204,8 @@ class Report:
             f"{self.contract['interpolation']}, mean {self.contract['mean']}, std {self.contract['std']}",
             f"canonical: {self.canonical.get('norms_folded', 0)} norms and "
             f"{self.canonical.get('layer_scales_folded', 0)} layer scales folded"
+            + (f", {self.canonical['pads_rewritten']} SAME/zero pads rewritten at {tuple(self.contract['crop_size'])}"
+               if self.canonical.get("pads_rewritten") else "")
             + (f"; vs original: max abs {ver['max_abs']:.2e}, cosine {ver['cosine']:.8f}" if ver else ""),
             f"golden inputs: {self.golden['count']} {self.golden['source']} images",
         ]
