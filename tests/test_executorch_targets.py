@@ -1,0 +1,194 @@
+"""ExecuTorch targets: `executorch` (fp32) and `executorch-int8`, XNNPACK-delegated, run in executorch.runtime.
+
+The int8 target expresses the run's one plan: judged against the canonical model (parity.int8),
+against the plan's fake-quant emulation (parity.emulation) and, on the trained digits network,
+against the same accuracy bound as `onnx-int8`. Every report carries the delegation table.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mnv4_deploy import export
+from mnv4_deploy.cli import app
+from mnv4_deploy.errors import BackendMissing, DeployError, UsageError
+
+from test_int8_pipeline import INT8_BOUND
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
+                                reason="needs mnv4-deploy[executorch] (pip install 'mnv4-deploy[executorch]')")
+
+QUIET = dict(log=lambda _: None)
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def digits_run(trained_digits, digit_folders, tmp_path_factory):
+    """executorch and executorch-int8 of the trained digits net in one run (one plan, 594 held-out images)."""
+    import torch
+
+    out = tmp_path_factory.mktemp("digits-et") / "out"
+    net, (calib, heldout) = trained_digits, digit_folders
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # 32x32 tensors: see conftest.one_torch_thread
+    try:
+        report = export(net.model, "executorch,executorch-int8", out, contract=net.contract, name="digits",
+                        calib_data=calib, eval_data=heldout, **QUIET)
+    finally:
+        torch.set_num_threads(previous)
+    return report, out
+
+
+def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_run):
+    report, out = digits_run
+    assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
+    fp32, int8 = report.result("executorch"), report.result("executorch-int8")
+    assert fp32.parity["sqnr_db"] > 60 and fp32.accuracy["drop_top1"] == 0.0
+    assert int8.accuracy["drop_top1"] <= INT8_BOUND, int8.accuracy
+    # XNNPACK's int8 kernels compute what the plan's fake-quant model computes
+    assert int8.emulation_parity["cosine"] > 0.999 and int8.emulation_parity["sqnr_db"] > 30, int8.emulation_parity
+    assert int8.size_bytes < 0.4 * fp32.size_bytes  # int8 weights
+    assert "executorch" in int8.runtime and "XNNPACK" in int8.runtime
+
+
+def test_every_compute_op_is_delegated_to_xnnpack(digits_run):
+    report, _ = digits_run
+    for name in ("executorch", "executorch-int8"):
+        delegation = report.result(name).metadata["delegation"]
+        assert delegation["delegated_subgraphs"] == 1 and delegation["portable_compute_ops"] == 0, delegation
+        assert delegation["ops"]["aten_convolution_default"]["delegated"] >= 40
+        assert {p["op"] for p in delegation["portable"]} <= {"getitem"}
+    int8_ops = report.result("executorch-int8").metadata["delegation"]["ops"]
+    assert int8_ops["quantized_decomposed_quantize_per_tensor_default"]["portable"] == 0
+    assert int8_ops["quantized_decomposed_dequantize_per_channel_default"]["delegated"] >= 40  # int8 weights
+
+
+def test_the_program_carries_contract_classes_and_plan_hash(digits_run, trained_digits):
+    from converters.executorch.metadata import plan_sha256
+
+    report, out = digits_run
+    result = cli.invoke(app, ["inspect", str(out / "digits.int8.pte")])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["target"] == "executorch-int8" and facts["format"] == "executorch"
+    assert facts["inputs"][0]["shape"] == [1, 3, 32, 32] and facts["outputs"][0]["shape"] == [1, 10]
+    meta = facts["metadata"]
+    assert meta["num_classes"] == 10 and meta["preprocess"]["mean"] == list(trained_digits.contract.mean)
+    plan = report.result("executorch-int8").metadata["embedded"]["int8_plan_sha256"]
+    assert meta["int8_plan_sha256"] == plan and len(plan) == 64
+    assert "int8_plan_sha256" not in json.loads(cli.invoke(app, ["inspect", str(out / "digits.pte")]).stdout)["metadata"]
+
+
+def test_validate_rejudges_the_program_and_names_another_model(digits_run, trained_digits):
+    from mnv4_deploy.pipeline import validate_artifact
+
+    _, out = digits_run
+    net = trained_digits
+    again = validate_artifact(out / "digits.pte", net.model, contract=net.contract, name="digits", golden_count=3,
+                              **QUIET)
+    assert again.exit_code == 0 and again.results[0].target == "executorch"
+    assert again.results[0].parity["sqnr_db"] > 60
+    result = cli.invoke(app, ["validate", str(out / "digits.int8.pte"), "-m", "conv_small", "--img-size", "64",
+                              "--golden-count", "2"])
+    assert result.exit_code == 2 and "input shape [1, 3, 32, 32] does not match the model's" in result.stderr
+
+
+def test_corrupt_programs_are_refused_in_one_line(digits_run, tmp_path):
+    _, out = digits_run
+    truncated = tmp_path / "cut.pte"
+    truncated.write_bytes((out / "digits.pte").read_bytes()[:2000])
+    garbage = tmp_path / "garbage.int8.pte"
+    garbage.write_bytes(b"this is not a flatbuffer" * 20)
+    for path in (truncated, garbage):
+        result = cli.invoke(app, ["inspect", str(path)])
+        assert result.exit_code == 2 and "not a readable ExecuTorch program" in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_backend_names_the_extra(monkeypatch):
+    from converters.executorch import EXECUTORCH_INT8
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
+    with pytest.raises(BackendMissing, match=r"mnv4-deploy\[executorch\]") as caught:
+        EXECUTORCH_INT8.info.require_backends()
+    assert caught.value.exit_code == 5
+
+
+class _WithCumsum:
+    """A conv net ending in cumsum, which XNNPACK has no kernel for."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+            def forward(self, x):
+                return torch.cumsum(torch.relu(self.conv(x)).mean((2, 3)), dim=1)
+
+        torch.manual_seed(0)
+        return Net().eval(), torch.randn(1, 3, 8, 8)
+
+
+def test_a_portable_op_is_reported_and_refused_for_int8(tmp_path):
+    from converters.executorch import refuse_portable_compute
+    from converters.executorch.lower import export_program
+    from converters.executorch.runtime import pte_runner
+
+    model, x = _WithCumsum.build()
+    facts = export_program(model, x, tmp_path / "cumsum.pte", {"model": "cumsum"})
+    delegation = facts["delegation"]
+    portable = {p["op"]: p["reason"] for p in delegation["portable"] if p["op"] != "getitem"}
+    assert "aten.cumsum" in portable and all(portable.values()), portable
+    assert delegation["portable_compute_ops"] == len(portable)
+    assert delegation["ops"]["aten_convolution_default"] == {"delegated": 1, "portable": 0}
+    import torch
+
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(pte_runner(tmp_path / "cumsum.pte").run(x.numpy()), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DeployError, match=r"XNNPACK did not take \d op\(s\) of the int8 plan \(.*aten.cumsum"):
+        refuse_portable_compute(delegation, "executorch-int8")
+
+
+def test_program_bytes_are_reproducible(tmp_path):
+    from converters.executorch.lower import export_program
+
+    model, x = _WithCumsum.build()
+    export_program(model, x, tmp_path / "a.pte", {"model": "m"})
+    export_program(model, x, tmp_path / "b.pte", {"model": "m"})
+    assert (tmp_path / "a.pte").read_bytes() == (tmp_path / "b.pte").read_bytes()
+
+
+def test_plan_module_computes_the_plan_exactly(digits_plans, one_torch_thread):
+    """The quantized_decomposed spelling changes no number of the plan's fake-quant model."""
+    import torch
+
+    from converters.executorch.plan_module import plan_module
+
+    plan = digits_plans.plan().with_quantized_output()
+    x = torch.from_numpy(digits_plans.net.x_heldout[:16])
+    with torch.no_grad():
+        np.testing.assert_array_equal(plan_module(plan)(x).numpy(), plan.fake_quant_model()(x).numpy())
+
+
+def test_int8_without_calibration_or_with_float_layers_is_refused(digits_plans):
+    from types import SimpleNamespace
+
+    from converters.executorch import _full_integer_plan
+
+    with pytest.raises(UsageError, match="needs calibration images"):
+        _full_integer_plan(SimpleNamespace(plan=None), "executorch-int8")
+    plan = digits_plans.plan()
+    partial = plan.with_float([plan.layers[0]], recorrect=False)
+    with pytest.raises(UsageError, match="keeps 1 unit"):
+        _full_integer_plan(SimpleNamespace(plan=SimpleNamespace(plan=partial)), "executorch-int8")

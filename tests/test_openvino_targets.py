@@ -1,0 +1,152 @@
+"""OpenVINO targets: `openvino` (IR, fp32 compute) and `openvino-int8` (the run's plan as QDQ), on the CPU plugin.
+
+The int8 IR is the plan's QDQ ONNX read by OpenVINO: judged against the canonical model
+(parity.int8), against the plan's fake-quant emulation (parity.emulation) and, on the trained
+digits network, against the same accuracy bound as `onnx-int8`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mnv4_deploy import export
+from mnv4_deploy.cli import app
+from mnv4_deploy.errors import BackendMissing, UsageError
+from mnv4_deploy.registry import ExportOptions
+
+from conftest import SMALL
+from test_int8_pipeline import INT8_BOUND
+
+pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("openvino", "onnx", "onnxsim")),
+                                reason="needs mnv4-deploy[openvino] (pip install 'mnv4-deploy[openvino]')")
+
+QUIET = dict(log=lambda _: None)
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def digits_run(trained_digits, digit_folders, tmp_path_factory):
+    """openvino, openvino-int8 and onnx-int8 of the trained digits net in one run (one plan)."""
+    import torch
+
+    out = tmp_path_factory.mktemp("digits-ov") / "out"
+    net, (calib, heldout) = trained_digits, digit_folders
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # 32x32 tensors: see conftest.one_torch_thread
+    try:
+        report = export(net.model, "openvino,openvino-int8,onnx-int8", out, contract=net.contract, name="digits",
+                        calib_data=calib, eval_data=heldout, **QUIET)
+    finally:
+        torch.set_num_threads(previous)
+    return report, out
+
+
+def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_run):
+    report, out = digits_run
+    assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
+    fp32, int8, onnx = (report.result(t) for t in ("openvino", "openvino-int8", "onnx-int8"))
+    assert fp32.parity["sqnr_db"] > 60 and fp32.accuracy["drop_top1"] == 0.0
+    assert int8.accuracy["drop_top1"] <= INT8_BOUND, int8.accuracy
+    assert abs(int8.accuracy["top1"] - onnx.accuracy["top1"]) <= 1.0
+    # OpenVINO's int8 path computes what the plan's fake-quant model computes (within its own rounding)
+    assert int8.emulation_parity["cosine"] > 0.99 and int8.emulation_parity["sqnr_db"] > 20, int8.emulation_parity
+    assert int8.metadata["fake_quantize_ops"] >= 50  # one per plan point
+    assert int8.metadata["constant_types"].get("i8", 0) >= 40  # int8 weights stored as i8
+    assert "FakeQuantize" not in fp32.metadata["op_histogram"]
+    assert (out / "digits.openvino" / "digits.xml").is_file() and (out / "digits.openvino" / "digits.bin").is_file()
+
+
+def test_the_ir_carries_contract_classes_and_plan_hash(digits_run, trained_digits):
+    report, out = digits_run
+    result = cli.invoke(app, ["inspect", str(out / "digits.int8.openvino")])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["target"] == "openvino-int8" and facts["format"] == "openvino-ir"
+    assert facts["inputs"][0]["shape"] == [1, 3, 32, 32] and facts["outputs"][0]["shape"] == [1, 10]
+    meta = facts["metadata"]
+    assert meta["num_classes"] == 10 and meta["preprocess"]["std"] == list(trained_digits.contract.std)
+    assert meta["int8_plan_sha256"] == report.result("openvino-int8").metadata["embedded"]["int8_plan_sha256"]
+    # the .xml itself is accepted too (its .bin beside it)
+    direct = cli.invoke(app, ["inspect", str(out / "digits.openvino" / "digits.xml"), "--target", "openvino"])
+    assert direct.exit_code == 0 and json.loads(direct.stdout)["metadata"]["target"] == "openvino"
+
+
+def test_validate_rejudges_the_ir_and_names_another_model(digits_run, trained_digits):
+    from mnv4_deploy.pipeline import validate_artifact
+
+    _, out = digits_run
+    net = trained_digits
+    again = validate_artifact(out / "digits.openvino", net.model, contract=net.contract, name="digits",
+                              golden_count=3, **QUIET)
+    assert again.exit_code == 0 and again.results[0].target == "openvino"
+    result = cli.invoke(app, ["validate", str(out / "digits.int8.openvino"), "-m", "conv_small", "--img-size", "64",
+                              "--golden-count", "2"])
+    assert result.exit_code == 2 and "input shape [1, 3, 32, 32] does not match the model's" in result.stderr
+
+
+def test_corrupt_or_incomplete_irs_are_refused_in_one_line(digits_run, tmp_path):
+    _, out = digits_run
+    cut = tmp_path / "cut.openvino"
+    shutil.copytree(out / "digits.openvino", cut)
+    xml = cut / "digits.xml"
+    xml.write_text(xml.read_text()[:3000])
+    no_bin = tmp_path / "nobin.openvino"
+    shutil.copytree(out / "digits.openvino", no_bin)
+    (no_bin / "digits.bin").unlink()
+    swapped = tmp_path / "swapped.openvino"  # the .bin of another model
+    shutil.copytree(out / "digits.openvino", swapped)
+    shutil.copyfile(out / "digits.int8.openvino" / "digits.bin", swapped / "digits.bin")
+    for path, message in ((cut, "not a readable OpenVINO IR"), (no_bin, "its weights file digits.bin is missing"),
+                          (swapped, "not a readable OpenVINO IR")):
+        result = cli.invoke(app, ["inspect", str(path)])
+        assert result.exit_code == 2 and message in result.stderr, (path.name, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fp16_weights_are_stored_in_fp16_and_judged_as_fp16(tmp_path):
+    report = export("conv_small", "openvino", tmp_path, img_size=SMALL, golden_count=3,
+                    options=ExportOptions(openvino_fp16_weights=True), **QUIET)
+    assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
+    result = report.result("openvino")
+    assert result.precision == "fp16" and result.metadata["fp16_weights"]
+    assert result.metadata["constant_types"].get("f16", 0) >= 40
+    # against the model with fp16-rounded weights, the IR is exact to fp32 bounds
+    assert result.emulation_parity["sqnr_db"] > 60 and result.parity["sqnr_db"] > 40
+
+
+def test_the_fp16_option_is_refused_without_an_openvino_target():
+    from mnv4_deploy.pipeline import resolve_converters
+
+    with pytest.raises(UsageError, match="option --openvino-fp16-weights is not used by target"):
+        resolve_converters("onnx", ExportOptions(openvino_fp16_weights=True))
+
+
+def test_ir_bytes_are_reproducible(tmp_path):
+    first = export("conv_small", "openvino", tmp_path / "a", img_size=SMALL, golden_count=2, **QUIET)
+    second = export("conv_small", "openvino", tmp_path / "b", img_size=SMALL, golden_count=2, **QUIET)
+    assert first.result("openvino").sha256 == second.result("openvino").sha256
+    assert "DIR" not in (tmp_path / "a" / "conv_small.openvino" / "conv_small.xml").read_text()  # no temp path
+
+
+def test_missing_backend_names_the_extra(monkeypatch):
+    from converters.openvino import OPENVINO_FP32
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(BackendMissing, match=r"mnv4-deploy\[openvino\]") as caught:
+        OPENVINO_FP32.info.require_backends()
+    assert caught.value.exit_code == 5
+
+
+def test_runner_takes_any_batch_size(digits_run, trained_digits):
+    from converters.openvino.ir import ir_runner
+
+    _, out = digits_run
+    run = ir_runner(out / "digits.openvino").run
+    x = trained_digits.x_heldout[:5]
+    np.testing.assert_allclose(run(x), np.concatenate([run(x[i:i + 1]) for i in range(5)]), rtol=1e-5, atol=1e-5)
