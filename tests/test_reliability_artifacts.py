@@ -147,3 +147,24 @@ def test_fuzzing_the_readers_never_escapes_crashes_or_hangs(artifacts, tmp_path)
     assert tally["tried"] == 500 and set(tally["per_format"]) == set(ARTIFACTS)
     assert tally["not_clean"] == [] and tally["clean"] == tally["tried"]
     assert tally["timeout"] == 0 and tally["slowest_s"] < 30
+
+
+def test_a_random_pte_is_refused_before_the_executorch_runtime_can_abort(tmp_path):
+    """The runtime logs a bad identifier with the raw bytes, its bindings cannot decode that line
+    and the process aborts (exit 134); the header check refuses such files first."""
+    pytest.importorskip("executorch.runtime")
+    from converters.executorch.runtime import check_pte_header
+
+    good_head = (60).to_bytes(4, "little") + b"ET12" + b"eh00" + (32).to_bytes(4, "little")
+    cases = {"random.pte": np.random.default_rng(3).bytes(3000),
+             "truncated.pte": good_head + (10**6).to_bytes(8, "little") + (10**6).to_bytes(8, "little") + bytes(40),
+             "short.pte": b"\x10\x00\x00\x00ET"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(Exception) as caught:
+            check_pte_header(tmp_path / name)
+        assert caught.value.exit_code == 2 and name in str(caught.value)
+    proc = subprocess.run([sys.executable, "-m", "mnv4_deploy.cli", "inspect", str(tmp_path / "random.pte")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    assert "random.pte: not an ExecuTorch program (no ET flatbuffer identifier" in proc.stderr

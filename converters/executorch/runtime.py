@@ -59,6 +59,35 @@ def _native_log() -> Iterator[list[str]]:
                       if ln.strip()]
 
 
+def check_pte_header(path: Path) -> None:
+    """Refuse, before the runtime sees it, a file whose header is not a .pte's.
+
+    The runtime logs a bad file identifier together with the raw bytes; the Python bindings
+    then fail to decode that log line and the process aborts (SIGABRT, exit 134) instead of
+    raising. A .pte starts with the flatbuffer root offset, the identifier `ET` + two digits and,
+    when present, the `eh00` extended header (its length, program size, segment offset).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        raise UsageError(f"{path}: not an ExecuTorch program (no ET flatbuffer identifier in its header)",
+                         "pass the .pte written by an executorch target")
+    if int.from_bytes(head[0:4], "little") >= size:
+        raise UsageError(f"{path}: not a readable ExecuTorch program (root offset past the end: truncated?)",
+                         "check the file is complete; re-export it")
+    if head[8:12] == b"eh00":
+        if len(head) < 32:
+            raise UsageError(f"{path}: not a readable ExecuTorch program (extended header cut short)",
+                             "check the file is complete; re-export it")
+        program_size = int.from_bytes(head[16:24], "little")
+        segment_base = int.from_bytes(head[24:32], "little")
+        if program_size > size or segment_base > size:
+            raise UsageError(f"{path}: not a readable ExecuTorch program (its header declares "
+                             f"{max(program_size, segment_base)} bytes, the file has {size}: truncated?)",
+                             "check the file is complete; re-export it")
+
+
 def load_program(path: Path) -> Any:
     """The loaded program, or one line naming the file (and the runtime's reason) when it is not a readable .pte."""
     from executorch.runtime import Runtime
@@ -66,6 +95,7 @@ def load_program(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: not a file", "pass the .pte written by an executorch target")
+    check_pte_header(path)
     try:
         with _native_log() as log:
             program = Runtime.get().load_program(path)
