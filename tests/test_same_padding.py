@@ -160,3 +160,19 @@ def _copy(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model)
+
+
+@pytest.mark.parametrize("size", (64, 65))
+def test_timm_export_variant_conv2d_same_export(size):
+    """timm's ONNX-oriented Conv2dSameExport (pads with a ZeroPad2d built on its first call)."""
+    from timm.layers.conv2d_same import Conv2dSameExport
+
+    torch.manual_seed(4)
+    model = nn.Sequential(Conv2dSameExport(3, 6, 5, stride=2), nn.ReLU()).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = model(x)  # builds its pad for this size
+    canonical, stats = canon.canonicalize(model, x[:1])
+    assert stats.pads_rewritten == 1 and not any(is_same_conv(m) for m in canonical.modules())
+    with torch.no_grad():
+        assert _rel_err(expected, canonical(x)) < 1e-6
