@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "imagenet-samples"
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = ("onnx", "onnx-int8", "tflite-int8")
+MODE_NAMES = {"plain": "plain loop (PIL + onnxruntime, onnx only)", "streamed-onnx": "streamed, onnx artifact alone",
+              "streamed": "streamed one pass, reference + 3 targets"}
+MODES = tuple(MODE_NAMES)
 MODEL = "conv_small"
 
 
@@ -138,7 +141,7 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, engine_only:
         conv = load_target(art["target"])
         runners[art["target"]] = conv.runner(Artifact(art["target"], work / "artifacts" / art["file"],
                                                       conv.info.precision)).run
-    labeled = data.labeled_files(work / "data", n, seed=0)
+    labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
     spec = evaluation.EvalSpec(labeled, prepared.contract, {"model": MODEL})
     reference = torch_runner(prepared.canonical)
     if engine_only:
@@ -149,7 +152,7 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, engine_only:
         started = time.perf_counter()
         records = evaluation.run_evaluation(spec, reference, runners, out, workers=workers, log=quiet)
         seconds = time.perf_counter() - started
-    mode = "streamed, onnx artifact alone" if engine_only else "streamed one pass, reference + 3 targets"
+    mode = MODE_NAMES["streamed-onnx" if engine_only else "streamed"]
     return {"n": n, "mode": mode, "sides": ["onnx"] if engine_only else ["reference", *runners], "workers": workers,
             "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
             "peak_rss_mb": round(_peak_self_mb(), 0), "peak_rss_mb_before_pass": round(before, 0),
@@ -166,7 +169,7 @@ def child_plain(work: Path, n: int, img_size: int) -> dict:
     from mnv4_deploy import data, models
 
     contract = models.contract_for(models.resolve(MODEL, None, img_size))
-    labeled = data.labeled_files(work / "data", n, seed=0)
+    labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
     session = ort.InferenceSession(str(work / "artifacts" / f"{MODEL}.onnx"), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     correct = 0
@@ -176,7 +179,7 @@ def child_plain(work: Path, n: int, img_size: int) -> dict:
             logits = session.run(None, {name: contract.load_image(path)[None]})[0]
             correct += int(np.argmax(logits[0]) == label)
         seconds = time.perf_counter() - started
-    return {"n": n, "mode": "plain loop (PIL + onnxruntime, onnx only)", "seconds": round(seconds, 1),
+    return {"n": n, "mode": MODE_NAMES["plain"], "seconds": round(seconds, 1),
             "images_per_s": round(n / seconds, 1), "peak_rss_mb": round(_peak_self_mb(), 0),
             "peak_tree_rss_mb": round(tree.peak / 2 ** 20, 0), "top1_onnx": round(100 * correct / n, 2)}
 
@@ -221,7 +224,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mnv4-eval-scale"))
-    parser.add_argument("--child", choices=("streamed", "streamed-onnx", "plain"))
+    parser.add_argument("--modes", default="plain,streamed-onnx,streamed",
+                        help="which measurements to (re)run; rows of other sizes and modes are kept")
+    parser.add_argument("--child", choices=MODES)
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
     if args.child in ("streamed", "streamed-onnx"):
@@ -234,10 +239,12 @@ def main() -> None:
     make_dataset(args.work / "data", max(sizes), args.workers)
     export_artifacts(args.work, args.img_size)
     previous = json.loads((RESULTS / "eval_scale.json").read_text())["rows"] if (RESULTS / "eval_scale.json").exists() else []
-    rows = [r for r in previous if r["n"] not in sizes]  # sizes measured in an earlier invocation are kept
+    modes = [m for m in args.modes.split(",") if m]
+    wanted = {(n, MODE_NAMES[m]) for n in sizes for m in modes}
+    rows = [r for r in previous if (r["n"], r["mode"]) not in wanted]  # earlier measurements are kept
     common = ["--work", str(args.work), "--img-size", str(args.img_size), "--workers", str(args.workers)]
     for n in sizes:
-        for mode in ("plain", "streamed-onnx", "streamed"):
+        for mode in modes:
             rows.append(run_child(["--child", mode, "--n", str(n), *common]))
             print(json.dumps(rows[-1]), file=sys.stderr)
     load = os.getloadavg()
