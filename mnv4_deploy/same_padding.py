@@ -93,11 +93,8 @@ def _plain_conv(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
 
 
 def _conv_with_pads(conv: nn.Conv2d, pads: Pads) -> nn.Module:
-    """Plain conv with `pads` (added to nothing: `conv` is unpadded) in the canonical form."""
+    """`conv` (unpadded) after non-negative SAME `pads`, in the canonical form."""
     left, right, top, bottom = pads
-    if min(pads) < 0:
-        raise UsageError(f"a zero pad of {pads} crops its input before a conv",
-                         "crop with slicing instead of a negative pad")
     if left == right and top == bottom:
         return _plain_conv(conv, (top, left))
     return PaddedConv2d(pads, _plain_conv(conv, (0, 0)))
