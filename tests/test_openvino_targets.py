@@ -117,6 +117,10 @@ def test_fp16_weights_are_stored_in_fp16_and_judged_as_fp16(tmp_path):
     assert result.metadata["constant_types"].get("f16", 0) >= 40
     # against the model with fp16-rounded weights, the IR is exact to fp32 bounds
     assert result.emulation_parity["sqnr_db"] > 60 and result.parity["sqnr_db"] > 40
+    from mnv4_deploy.pipeline import validate_artifact
+
+    again = validate_artifact(tmp_path / "conv_small.openvino", "conv_small", img_size=SMALL, golden_count=3, **QUIET)
+    assert again.results[0].precision == "fp16" and again.exit_code == 0  # the IR says what it is
 
 
 def test_the_fp16_option_is_refused_without_an_openvino_target():

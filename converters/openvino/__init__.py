@@ -111,6 +111,11 @@ class OpenvinoConverter:
                             emulation_bounds="fp32")
         return Artifact(self.info.name, path, precision, meta)
 
+    def declared_precision(self, description: dict[str, Any]) -> str:
+        """The precision an IR says it was exported at (fp16 with --openvino-fp16-weights), for validate."""
+        precision = (description.get("metadata") or {}).get("precision")
+        return precision if precision in ("fp32", "fp16", "int8") else self.info.precision
+
     def runner(self, artifact: Artifact) -> Runner:
         from .ir import ir_runner
 
