@@ -43,15 +43,25 @@ def fp16_recipe() -> list[dict[str, Any]]:
 
 
 def dynamic_recipe() -> list[dict[str, Any]]:
-    """Dynamic-range quantization: per-channel symmetric int8 weights, float32 activations."""
-    from ai_edge_quantizer import recipe
+    """Dynamic-range quantization: per-channel symmetric int8 weights, float32 activations.
 
-    return recipe.dynamic_wi8_afp32()
+    BATCH_MATMUL stays float: the recipe would store a constant operand (e.g. a query computed
+    from learned tokens and folded by the converter) as int8 weights, and LiteRT's BATCH_MATMUL
+    has no int8-constant x float-activation form for the left operand, so the model would not
+    load. Activation x activation matmuls (attention) are float in this recipe anyway.
+    """
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    manager.add_quantization_config(regex=".*", operation_name=qtyping.TFLOperationName.BATCH_MATMUL,
+                                    algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    return manager.get_quantization_recipe()
 
 
 RECIPES = {"fp16": ("ai_edge_quantizer FLOAT_CASTING weight-only (fp16 weights, float32 compute)", fp16_recipe),
            "dynamic": ("ai_edge_quantizer recipe.dynamic_wi8_afp32 (int8 per-channel weights, float32 "
-                       "activations quantized on the fly)", dynamic_recipe)}
+                       "activations quantized on the fly; BATCH_MATMUL kept float)", dynamic_recipe)}
 
 
 def quantize_tflite(source: Path, path: Path, kind: str) -> dict[str, Any]:
