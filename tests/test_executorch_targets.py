@@ -97,15 +97,19 @@ def test_validate_rejudges_the_program_and_names_another_model(digits_run, train
     assert result.exit_code == 2 and "input shape [1, 3, 32, 32] does not match the model's" in result.stderr
 
 
-def test_corrupt_programs_are_refused_in_one_line(digits_run, tmp_path):
-    _, out = digits_run
+def test_corrupt_programs_are_refused_in_one_line(tmp_path):
+    from converters.executorch.lower import export_program
+
+    model, x = _WithCumsum.build()
+    whole = tmp_path / "whole.pte"
+    export_program(model, x, whole, {"model": "m"})
     truncated = tmp_path / "cut.pte"
-    truncated.write_bytes((out / "digits.pte").read_bytes()[:2000])
+    truncated.write_bytes(whole.read_bytes()[:200])
     garbage = tmp_path / "garbage.int8.pte"
     garbage.write_bytes(b"this is not a flatbuffer" * 20)
-    for path in (truncated, garbage):
+    for path, message in ((truncated, "not a readable ExecuTorch program"), (garbage, "not an ExecuTorch program")):
         result = cli.invoke(app, ["inspect", str(path)])
-        assert result.exit_code == 2 and "not a readable ExecuTorch program" in result.stderr, result.output
+        assert result.exit_code == 2 and message in result.stderr, result.output
         assert len(result.stderr.strip().splitlines()) == 1
 
 
