@@ -55,6 +55,12 @@ FAST_TARGETS = {"onnx", "onnx-int8"}
 FAST_PAIRS = {("timm:tf_mobilenetv3_small_100", "tflite-int8")}  # SAME padding as TFLite PAD + CONV_2D
 # (model, target) -> what the one-line refusal must say, where a target cannot take a family
 REFUSED: dict[tuple[str, str], str] = {}
+# (model, target) -> why it fails today after conversion work (not a refusal up front); strict
+# xfail, so the day it passes the matrix says so and the line goes
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("timm:tf_mobilenetv3_small_100", "executorch-int8"):
+        "XNNPACK leaves 18 dim_order copies of the int8 plan to portable kernels (DeployError, exit 1)",
+}
 # targets whose artifact is also judged against the run's int8 plan emulation
 PLAN_TARGETS = {"onnx-int8", "tflite-int8", "edgetpu", "coreml-int8"}
 
@@ -69,6 +75,8 @@ def _cases() -> list:
         for target in sorted(find_targets()):
             slow = family.slow or (target not in FAST_TARGETS and (family.name, target) not in FAST_PAIRS)
             marks = [pytest.mark.slow] if slow else []
+            if (family.name, target) in KNOWN_FAILURES:
+                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[(family.name, target)]))
             cases.append(pytest.param(family.name, target, marks=marks, id=f"{family.name}-{target}"))
     return cases
 
@@ -205,3 +213,28 @@ def test_hard_sigmoid_becomes_bpu_ops_on_x3_with_the_same_function(tmp_path):
             np.testing.assert_allclose(ort_runner(path).run(x.numpy()), model(x).numpy(), rtol=0, atol=1e-6)
     assert out["bernoulli2"] == (2, False, ())
     assert out["bayes-e"] == (0, True, ())  # X5's BPU runs HardSigmoid itself
+
+
+@pytest.mark.slow
+def test_trained_mobilenetv3_keeps_its_accuracy_in_int8(tmp_path_factory):
+    """MobileNet-V3 (hard-swish, hard-sigmoid SE) trained on digits: int8 loses under a point.
+
+    Measured: float 98.82% held-out top-1; onnx-int8 and tflite-int8 drop 0.17 pt, coreml-int8
+    0.51 pt; onnx-int8 equals its emulation (cosine 1.0). Logit parity is looser than on MNv4
+    (21.7 dB SQNR vs ~25 dB), the family's known int8 difficulty, so it is not asserted here.
+    """
+    from trained_net import TrainSettings, load_trained_digits, write_digit_images
+
+    from mnv4_deploy import export
+
+    net = load_trained_digits(TrainSettings(arch="mobilenetv3_small_050"), log=lambda _: None)
+    assert net.float_top1 > 95.0
+    root = tmp_path_factory.mktemp("mnv3-digits")
+    write_digit_images(root / "calib", net.x_calib, net.contract)
+    write_digit_images(root / "eval", net.x_heldout, net.contract, net.y_heldout)
+    report = export(net.model, "onnx-int8,tflite-int8", root / "out", contract=net.contract, name="mnv3-digits",
+                    calib_data=root / "calib", eval_data=root / "eval", log=lambda _: None)
+    for target in ("onnx-int8", "tflite-int8"):
+        result = report.result(target)
+        assert result.accuracy["drop_top1"] <= 1.0, (target, result.accuracy)
+        assert result.emulation_parity["cosine"] > 0.98, (target, result.emulation_parity)
