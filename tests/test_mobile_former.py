@@ -8,7 +8,8 @@ matmuls without projections (the Mobile<->Former bridges).
 
 Default tier: the model and its canonical form, onnx + onnx-int8 with the accuracy gate, tflite
 and coreml float parity, and the BPU marches' CPU fallbacks on the bundle's opset-11 ONNX.
-Slow tier: tflite-int8, edgetpu, coreml-int8, bpu-x5 and bpu-x3 from one plan.
+Slow tier: tflite-int8, edgetpu, coreml-int8, bpu-x5 and bpu-x3 from one plan, and the fp16,
+fp32 and weight-only forms (onnx-fp16, tflite-fp16, coreml-fp32, coreml-w8).
 """
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def float_run(mobile_former, tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_run(mobile_former, folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("mf-int8") / "out"
-    return _export(mobile_former, "tflite-int8,edgetpu,coreml-int8,bpu-x5,bpu-x3", out, folders), out
+    return _export(mobile_former, "tflite-int8,edgetpu,coreml-int8,bpu-x5,bpu-x3,onnx-fp16,tflite-fp16,coreml-fp32,"
+                   "coreml-w8", out, folders), out
 
 
 # ---- the model, and what canonicalization does with it ----
@@ -235,12 +237,13 @@ def test_bpu_marches_name_the_cpu_fallbacks(mobile_former, tmp_path):
     assert len(x5.off_bpu) == 12 and all(n.kind == "conditional" for n in x5.off_bpu)
 
 
-@pytest.mark.slow  # ~4 min: the TFLite, Core ML and BPU conversions of one plan, 594 held-out images each
+@pytest.mark.slow  # ~6 min: the TFLite, Core ML and BPU conversions (one plan), 594 held-out images each
 @needs_tflite
 @needs_coreml
-def test_int8_tflite_edgetpu_coreml_and_bpu(int8_run):
+def test_int8_edgetpu_bpu_and_fp16_targets(int8_run):
     report, _ = int8_run
-    for target in ("tflite-int8", "edgetpu", "coreml-int8", "bpu-x5", "bpu-x3"):
+    for target in ("tflite-int8", "edgetpu", "coreml-int8", "bpu-x5", "bpu-x3", "onnx-fp16", "tflite-fp16",
+                   "coreml-fp32", "coreml-w8"):
         result = report.result(target)
         assert result.status == "passed", (target, result.reason, result.failures)
         assert result.accuracy["drop_top1"] <= INT8_BOUND, (target, result.accuracy)
