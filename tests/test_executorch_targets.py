@@ -68,8 +68,6 @@ def test_every_compute_op_is_delegated_to_xnnpack(digits_run):
 
 
 def test_the_program_carries_contract_classes_and_plan_hash(digits_run, trained_digits):
-    from converters.executorch.metadata import plan_sha256
-
     report, out = digits_run
     result = cli.invoke(app, ["inspect", str(out / "digits.int8.pte")])
     assert result.exit_code == 0, result.output
