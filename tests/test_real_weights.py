@@ -111,8 +111,8 @@ def test_lite1_package_weights_are_imagenet_trained(lite1_weights, imagenet_samp
     spec = models.resolve("timm:tf_efficientnet_lite1")
     model = models.build(spec)
     models.load_weights(model, lite1_weights)
-    batch = datasets.labeled_batch(imagenet_samples, models.contract_for(spec), 100, seed=0)
+    batch = datasets.labeled_batch(imagenet_samples, models.contract_for(spec), 50, seed=0)
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(batch.tensors[i:i + 20])) for i in range(0, 100, 20)])
+        logits = torch.cat([model(torch.from_numpy(batch.tensors[i:i + 25])) for i in range(0, 50, 25)])
     top1 = float(np.mean(logits.argmax(1).numpy() == batch.labels))
-    assert top1 >= 0.75, f"top-1 {top1:.2f} on 100 ImageNet photos: the weights did not load as trained"
+    assert top1 >= 0.75, f"top-1 {top1:.2f} on 50 ImageNet photos: the weights did not load as trained"
