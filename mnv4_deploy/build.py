@@ -213,8 +213,17 @@ def units(spec: MatrixSpec) -> list[tuple[str, tuple[str, ...]]]:
 
 
 # ---- running ----------------------------------------------------------------------------
+STOP_FILE = ".stop"  # in the units' work directory once interrupted: units not started yet return at once
+
+
+def units_stopped(out: str) -> bool:
+    return (Path(out).parent / STOP_FILE).exists()
+
+
 def _run_unit(spec: MatrixSpec, model: str, targets: tuple[str, ...], out: str, quiet: bool, threads: int) -> str:
     """Worker: one unit into its own directory (plain log lines: many processes share stderr)."""
+    if units_stopped(out):  # the pool had already handed this unit to a worker when the run was stopped
+        return out
     import torch
 
     from .benchmark import run_matrix
@@ -269,20 +278,23 @@ def run_build(spec: MatrixSpec, jobs: int = 1, progress: Any = None, quiet: bool
         return _run_units(spec, jobs, out, quiet)
 
 
-def _stop_units(pool: ProcessPoolExecutor, exc: KeyboardInterrupt) -> None:
-    """Cancel queued units; on SIGTERM (which only this process got) pass running ones a Ctrl-C.
+def _stop_units(pool: ProcessPoolExecutor, exc: KeyboardInterrupt, work: Path) -> None:
+    """Stop queued units; on SIGTERM (which only this process got) pass running ones a Ctrl-C.
 
     Ctrl-C reaches the workers by itself (same process group); SIGTERM does not, and without
     this the pool would wait for every running unit to finish. SIGINT, not SIGTERM, so each
-    worker still writes its report of what finished.
+    worker still writes its report of what finished. The pool hands a unit to a worker before
+    it starts, so cancelling futures is not enough: the stop file makes those return at once.
     """
+    (work / STOP_FILE).touch()
     import signal
 
     from .signals import Terminated
 
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # no public API; shutdown clears it
     pool.shutdown(wait=False, cancel_futures=True)
     if isinstance(exc, Terminated):
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public API for the workers
+        for proc in workers:
             if proc.is_alive() and proc.pid:
                 os.kill(proc.pid, signal.SIGINT)
 
@@ -305,7 +317,7 @@ def _run_units(spec: MatrixSpec, jobs: int, out: Path, quiet: bool) -> dict[str,
                 for f in [pool.submit(_run_unit, spec, m, g, d, quiet, threads) for m, g, d in todo]:
                     f.result()
             except KeyboardInterrupt as exc:
-                _stop_units(pool, exc)
+                _stop_units(pool, exc, work)
                 raise
     except KeyboardInterrupt:
         interrupted = True

@@ -12,6 +12,20 @@ import time
 from pathlib import Path
 
 
+def sleep_until_interrupted(ready: str, unit_dir: str) -> str:
+    """A build unit stand-in for a pool worker: says it runs, then waits for a Ctrl-C."""
+    from mnv4_deploy.build import units_stopped
+
+    if units_stopped(unit_dir):  # what build._run_unit checks first
+        return "not started"
+    Path(ready).write_text(str(__import__("os").getpid()))
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "slept"
+
+
 def main() -> None:
     ready = Path(sys.argv[1])
     import converters.onnx as onnx_converter

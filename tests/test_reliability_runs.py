@@ -175,6 +175,34 @@ def test_nested_runs_of_one_process_and_jobs_directories_do_not_block_each_other
     assert _names(out) == ["conv_small"] and _names(out / "conv_small") == []
 
 
+def test_sigterm_in_build_jobs_passes_running_units_a_ctrl_c_and_cancels_queued_ones(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from mnv4_deploy.build import _stop_units
+    from mnv4_deploy.signals import Terminated
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from reliability_driver import sleep_until_interrupted
+
+    ready = tmp_path / "unit.ready"
+    units = tmp_path / ".units"
+    units.mkdir()
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        running = pool.submit(sleep_until_interrupted, str(ready), str(units / "a"))
+        queued = [pool.submit(sleep_until_interrupted, str(tmp_path / f"never{i}.ready"), str(units / f"b{i}"))
+                  for i in range(3)]
+        deadline = time.monotonic() + 300
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), "the unit never started"
+        _stop_units(pool, Terminated("signal 15"), units)
+        assert running.result(timeout=120) == "interrupted"  # the unit got a Ctrl-C and could finish its report
+    # cancelled, or already handed to the worker and returning without starting
+    assert all(f.cancelled() or f.result() == "not started" for f in queued)
+    assert not list(tmp_path.glob("never*.ready"))
+
+
 # ---- disk full ----------------------------------------------------------------------------
 def _enospc(*_a, **_k):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
