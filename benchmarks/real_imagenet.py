@@ -12,7 +12,11 @@ wrote is quantized by the two baselines, each calibrated on the same 200 preproc
 evaluated in onnxruntime on the same 800 against that float ONNX:
 - `onnxruntime.quantization.quantize_static` as documented, no tuning: QDQ, per-channel, MinMax;
 - NNCF `nncf.quantize` on the ONNX, default preset, with fast bias correction (its default) and
-  with full bias correction (`fast_bias_correction=False`).
+  with full bias correction (`fast_bias_correction=False`);
+- optionally (`--baselines nncf_openvino`) NNCF on the OpenVINO model read from that ONNX
+  (`openvino.convert_model`), default preset, run in OpenVINO CPU with f32 inference precision
+  (as the openvino targets pin it), the peer of `openvino-int8`.
+`--name` sets the output stem, so a run with other targets does not overwrite another's results.
 Every finished phase is kept in `--work` (`pipeline.json`, `baseline_*.json`), so an interrupted
 run resumes; the host's CPU flags are recorded, since int8 kernels differ with VNNI.
 """
@@ -151,6 +155,30 @@ def quantize_ort(float_onnx: Path, calib: np.ndarray, out: Path) -> Path:
     return out
 
 
+def openvino_logits(xml: Path, x: np.ndarray) -> np.ndarray:
+    """An IR in OpenVINO CPU, f32 inference precision pinned (bf16/AMX hosts would otherwise downcast)."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    output = compiled.output(0)
+    request = compiled.create_infer_request()
+    return np.concatenate([request.infer({0: x[i:i + 1]})[output] for i in range(len(x))]).reshape(len(x), -1)
+
+
+def quantize_nncf_openvino(float_onnx: Path, calib: np.ndarray, out: Path) -> Path:
+    """NNCF post-training quantization of the OpenVINO model converted from the float ONNX, default preset."""
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(float_onnx))
+    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    quantized = nncf.quantize(model, dataset, subset_size=len(calib))
+    xml = out.with_suffix(".xml")
+    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    return xml
+
+
 def quantize_nncf(float_onnx: Path, calib: np.ndarray, out: Path, fast_bias_correction: bool) -> Path:
     """NNCF post-training quantization of the ONNX model, default preset."""
     import nncf
@@ -170,11 +198,20 @@ BASELINES: dict[str, tuple[str, Callable[[Path, np.ndarray, Path], Path]]] = {
                      lambda f, c, o: quantize_nncf(f, c, o, fast_bias_correction=True)),
     "nncf_full_bias_correction": ("NNCF quantize (default preset, full bias correction)",
                                   lambda f, c, o: quantize_nncf(f, c, o, fast_bias_correction=False)),
+    "nncf_openvino": ("NNCF quantize on the OpenVINO model (default preset), OpenVINO CPU f32",
+                      quantize_nncf_openvino),
 }
+DEFAULT_BASELINES = "ort_quantize_static,nncf_default,nncf_full_bias_correction"
 
 
-def run_baselines(work: Path, float_onnx: Path, calib_dir: Path, heldout_dir: Path) -> dict:
-    """Each baseline quantizes the float ONNX, then all run in onnxruntime on the held-out images."""
+def _size_mb(path: Path) -> float:
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return round(sum(f.stat().st_size for f in files) / 1e6, 3)
+
+
+def run_baselines(work: Path, float_onnx: Path, calib_dir: Path, heldout_dir: Path,
+                  keys: list[str] | None = None) -> dict:
+    """Each baseline quantizes the float ONNX, then runs on the held-out images (onnxruntime; an IR in OpenVINO)."""
     import onnxruntime
 
     from mnv4_deploy import data as datasets
@@ -192,15 +229,16 @@ def run_baselines(work: Path, float_onnx: Path, calib_dir: Path, heldout_dir: Pa
     ref_top1 = float(100.0 * np.mean(reference.argmax(1) == heldout.labels))
     out = {"float_onnx_top1": ref_top1, "calibration_sha256": calib.sha256, "heldout_sha256": heldout.sha256,
            "onnxruntime": onnxruntime.__version__, "rows": []}
-    for key, (label, quantize) in BASELINES.items():
+    for key in keys or DEFAULT_BASELINES.split(","):
+        label, quantize = BASELINES[key]
         def compute(key=key, label=label, quantize=quantize) -> dict:
             log(f"baseline {key}: quantizing")
             started = time.time()
             path = quantize(float_onnx, calib.tensors, work / f"{key}.onnx")
             seconds = time.time() - started
-            logits = ort_logits(path, heldout.tensors)
+            logits = (openvino_logits if path.suffix == ".xml" else ort_logits)(path, heldout.tensors)
             acc = accuracy(reference, logits, heldout.labels).to_dict()
-            return {"baseline": key, "label": label, "size_mb": round(path.stat().st_size / 1e6, 3),
+            return {"baseline": key, "label": label, "size_mb": _size_mb(path),
                     "cosine_vs_float": compare(reference, logits).cosine,
                     "top1": acc["top1"], "drop_top1": acc["drop_top1"], "drop_ci95": acc["drop_top1_ci95"],
                     "mcnemar_p": acc["mcnemar_p"], "seconds_quantize": round(seconds, 1)}
@@ -261,7 +299,9 @@ def markdown(summary: dict) -> str:
     left_out = [t for t in DEFAULT_TARGETS.split(",") if t not in summary["targets"].split(",")]
     if left_out:
         lines += ["", f"Not in this run: {', '.join(left_out)} (`--targets`)."]
-    lines += ["", "## Baselines on the same split (the float ONNX above, onnxruntime)", "",
+    runtime = "onnxruntime" + ("; OpenVINO where the row says so" if any(
+        r["baseline"] == "nncf_openvino" for r in b["rows"]) else "")
+    lines += ["", f"## Baselines on the same split (the float ONNX above, {runtime})", "",
               "| baseline | size MB | cosine vs float ONNX | top-1 | drop pt vs float ONNX (95% CI) | McNemar p |",
               "|---|---|---|---|---|---|"]
     for r in b["rows"]:
@@ -278,7 +318,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mnv4-real-imagenet"),
                         help="split folders, artifacts and finished phases (reused on a rerun)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--baselines", default=DEFAULT_BASELINES,
+                        help=f"comma-separated, of: {', '.join(BASELINES)}")
+    parser.add_argument("--name", default="real_imagenet", help="output stem: <out>/<name>.json and .md")
     args = parser.parse_args()
+    baseline_keys = [k for k in args.baselines.split(",") if k]
+    unknown = [k for k in baseline_keys if k not in BASELINES]
+    if unknown:
+        parser.error(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     from mnv4_deploy.weights_packages import weights_file
 
     weights = weights_file(WEIGHTS_FOR)
@@ -290,16 +337,16 @@ def main() -> None:
                        lambda: run_pipeline(args.targets, weights, calib_dir, heldout_dir, args.work / "export"))
     if not pipeline["float_onnx"]:
         raise SystemExit("error: the run wrote no float ONNX (include the `onnx` target); baselines need it")
-    baselines = run_baselines(args.work, Path(pipeline["float_onnx"]), calib_dir, heldout_dir)
+    baselines = run_baselines(args.work, Path(pipeline["float_onnx"]), calib_dir, heldout_dir, baseline_keys)
     summary = {"model": MODEL, "command": "python benchmarks/real_imagenet.py " + " ".join(sys.argv[1:]),
                "targets": args.targets,
                "cpu": cpu_description(), "calibration_images": CALIB_COUNT, "goal_points": GOAL_POINTS,
                "pipeline": pipeline, "baselines": baselines}
     summary["verdicts"] = verdicts(summary)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "real_imagenet.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     text = markdown(summary)
-    (args.out / "real_imagenet.md").write_text(text)
+    (args.out / f"{args.name}.md").write_text(text)
     print(text)
 
 
