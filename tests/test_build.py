@@ -67,9 +67,11 @@ def test_example_config_and_workflow_are_valid():
     pairs = [p["pair"] for p in json.loads(result.stdout)]
     assert pairs == [f"{m}:{t}" for m in example["models"] for t in example["targets"]]
     workflow = yaml.safe_load((REPO / "examples" / "github-actions.yml").read_text())
-    assert set(workflow["jobs"]) == {"plan", "build", "merge"}
+    # the artifact build matrix, and the sharded 50,000-image evaluation fanned out beside it
+    assert set(workflow["jobs"]) == {"plan", "build", "merge", "eval-shard", "eval-merge"}
     steps = " ".join(str(s.get("run", "")) for job in workflow["jobs"].values() for s in job["steps"])
     assert "--only" in steps and "merge-manifests" in steps and "--list" in steps
+    assert "--eval-shard" in steps and "merge-eval" in steps
 
 
 @pytest.fixture(scope="module")
