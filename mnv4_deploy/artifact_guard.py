@@ -7,13 +7,17 @@ generated binding. `reading()` turns each into one `ArtifactUnreadable` line nam
 Before any parser runs, `precheck()` refuses what cannot be an artifact at all (a missing path,
 an empty file, a FIFO, which would block a reader forever, an empty directory).
 
-Parsing time is bounded: within the block a SIGALRM timer raises after `READ_TIMEOUT_S`
-seconds (main thread only). It stops loops in Python readers; a native parser that never
+Parsing time is bounded: within the block a watchdog thread raises in the main thread after
+`READ_TIMEOUT_S` seconds (`_thread.interrupt_main`, which runs the Python-level handler without
+sending a real signal: a process-wide SIGALRM would also interrupt the native threads of
+TensorFlow, ExecuTorch or OpenVINO mid-syscall, and crashed a long test session with SIGSEGV).
+It stops loops in Python readers; a native parser that never
 returns to the interpreter cannot be interrupted this way, which is why the structure checks
 come first and the readers check sizes and offsets before following them.
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
@@ -71,7 +75,7 @@ def read_timeout() -> float:
 
 @contextlib.contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
         yield
         return
 
@@ -79,12 +83,14 @@ def _time_limit(seconds: float) -> Iterator[None]:
         raise _ReadTimeout()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    watchdog = threading.Timer(seconds, _thread.interrupt_main, args=(signal.SIGALRM,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        watchdog.cancel()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
