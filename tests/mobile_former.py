@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trained_net import DEFAULT_CACHE, TrainedDigits, TrainSettings, _shift, digits_arrays, digits_contract
+from trained_net import DEFAULT_CACHE, TrainedDigits, TrainSettings, digits_arrays, digits_contract, fit_one_cycle
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -236,27 +236,7 @@ def _train_loop(settings: MobileFormerSettings, x: np.ndarray, y: np.ndarray, lo
     gen = torch.Generator().manual_seed(settings.seed)
     model = MobileFormer()
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    steps = settings.epochs * ((len(x) + settings.batch_size - 1) // settings.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps, pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss()
-    t0 = time.time()
-    model.train()
-    for epoch in range(settings.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), settings.batch_size):
-            idx = order[i:i + settings.batch_size]
-            if len(idx) < 2:
-                continue  # BatchNorm needs two samples
-            loss = loss_fn(model(_shift(xt[idx], settings.shift_px, gen)), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        log(f"mobile-former epoch {epoch + 1}/{settings.epochs}: loss {total / len(x):.3f} ({time.time() - t0:.0f}s)")
-    return model.eval()
+    return fit_one_cycle(model, opt, x, y, settings, gen, "mobile-former", log)
 
 
 def load_trained_mobile_former(settings: MobileFormerSettings | None = None, cache_dir: Path | None = None,

@@ -139,6 +139,16 @@ def _train_loop(settings: TrainSettings, x: np.ndarray, y: np.ndarray, log):
     torch.nn.init.zeros_(model.classifier.bias)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                           weight_decay=settings.weight_decay)
+    return fit_one_cycle(model, opt, x, y, settings, gen, "digits", log)
+
+
+def fit_one_cycle(model, opt, x: np.ndarray, y: np.ndarray, settings, gen, label: str, log):
+    """Seeded one-cycle training with random shifts; shared by every digits-trained test net.
+
+    `settings` needs epochs, batch_size, lr and shift_px; `gen` drives the order and the shifts.
+    """
+    import torch
+
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     steps = settings.epochs * ((len(x) + settings.batch_size - 1) // settings.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps, pct_start=0.15)
@@ -158,7 +168,7 @@ def _train_loop(settings: TrainSettings, x: np.ndarray, y: np.ndarray, log):
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        log(f"digits epoch {epoch + 1}/{settings.epochs}: loss {total / len(x):.3f} ({time.time() - t0:.0f}s)")
+        log(f"{label} epoch {epoch + 1}/{settings.epochs}: loss {total / len(x):.3f} ({time.time() - t0:.0f}s)")
     return model.eval()
 
 
