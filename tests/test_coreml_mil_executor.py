@@ -587,6 +587,26 @@ def test_op_removed_from_registry_is_named(relu_package, monkeypatch):
     assert (info.value.op_type, info.value.op_name) == ("relu", "my_relu")
 
 
+def test_run_keeps_blas_to_one_thread(relu_package, monkeypatch):
+    """Small per-op matmuls: BLAS runs on one thread inside `run`, and the caller's setting comes back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+    relu = OP_TABLE["relu"]
+    monkeypatch.setitem(OP_TABLE, "relu", lambda a: (seen.append(blas_threads()), relu(a))[1])
+    executor = MilExecutor.from_mlpackage(relu_package)
+    x = np.random.default_rng(5).standard_normal(X).astype(np.float32)
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = blas_threads()
+        (got,) = _run(executor, x)
+        assert blas_threads() == outside
+    assert outside == {2} and seen == [{1}]
+    assert np.all(got >= 0) and np.any(got > 0)
+
+
 def test_unsupported_variant_is_named(tmp_path):
     weight = np.ones((2, 2, 1, 1, 1), np.float32)
     build = lambda x: mb.conv(x=x, weight=weight, name="conv3d")  # noqa: E731

@@ -5,6 +5,13 @@ its result is cast to the dtype the program declares for that output. An fp16 pr
 therefore rounds to fp16 after every op, as Core ML's fp16 compute does; what this does not
 reproduce is fp16 accumulation inside an op (GPU/ANE kernels may accumulate in fp16).
 Compile-time ops (`constexpr_*`) are evaluated once, at load.
+
+Speed: a batch-1 program's matmuls are small (a 1x1 conv at 8x8 is 192x1152 by 1152x64), and
+OpenBLAS hands each one to its thread pool, where the hand-off costs more than the arithmetic
+and, on a busy host, waits for a free core (Lite1 at 240 px: 0.6-4 s per image with 2 BLAS
+threads, 0.2 s with one). `run` therefore keeps BLAS to one thread while it runs; parallelism
+belongs to the caller (images, shards). One thread also keeps results independent of the host's
+thread count.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import os
 from typing import Any, Mapping, MutableMapping, Union
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .errors import BadInputError, MilExecutorError, UnsupportedOpError
 from .loader import LoadedProgram, Node, TensorSpec, load_program
@@ -87,10 +95,11 @@ class MilExecutor:
         """Evaluate the program on `feeds` (input name -> array); float outputs come back as float32."""
         env: dict[str, Any] = dict(self._consts)
         env.update(self._prepare_inputs(feeds))
-        for index, node in enumerate(self._nodes):
-            _run_node(node, env)
-            for name in self._last_use.get(index, ()):
-                env.pop(name, None)  # free intermediates as soon as no later op reads them
+        with threadpool_limits(limits=1, user_api="blas"):  # see the module docstring
+            for index, node in enumerate(self._nodes):
+                _run_node(node, env)
+                for name in self._last_use.get(index, ()):
+                    env.pop(name, None)  # free intermediates as soon as no later op reads them
         return {name: self._as_output(env[name]) for name in self._outputs}
 
     # ------------------------------------------------------------ internals
