@@ -10,6 +10,12 @@ atomically, so `--resume` continues from them), then `reference.npz` and `<targe
 order plus `meta.json` (what run they belong to). Chunks sit on a fixed grid of the sampled list,
 and a shard (`--eval-shard K/N`) is a contiguous block of chunks, so every image meets the same
 batch in a sharded and an unsharded run and merged shards equal one run byte for byte.
+
+The reference's records do not depend on the targets, so a later run over the same images (more
+targets, another recipe's artifacts) takes them from the earlier run's `reference.npz` instead of
+running the reference again, when a strict key matches (`EvalSpec.reference_key`: model weights,
+recipe, contract, image list, chunk grid, the reference runner) and each image's file hash is the
+recorded one; anything else runs the reference, and says why.
 """
 from __future__ import annotations
 
@@ -135,6 +141,7 @@ class EvalSpec:
     identity: dict[str, Any]  # fields a resume must match, and merged shards must share
     shard: ShardSpec | None = None
     chunk_size: int = EVAL_CHUNK
+    reference_key: dict[str, Any] | None = None  # what the reference's records depend on; None: never reused
 
     def total_chunks(self) -> int:
         return len(chunk_ranges(len(self.labeled), self.chunk_size))
@@ -149,6 +156,13 @@ class EvalSpec:
     def run_fields(self) -> dict[str, Any]:
         return {**self.identity, "eval_images": len(self.labeled), "chunk_size": self.chunk_size,
                 "shard_count": self.shard.count if self.shard else 1}
+
+    def full_reference_key(self) -> dict[str, Any] | None:
+        """The reference key plus the sample and chunk grid the records' positions refer to."""
+        if self.reference_key is None:
+            return None
+        return {**self.reference_key, "eval_images": len(self.labeled), "chunk_size": self.chunk_size,
+                "shard": str(self.shard) if self.shard else None}
 
 
 @dataclass
@@ -227,18 +241,64 @@ def _prepare_dir(eval_dir: Path, spec: EvalSpec, resume: bool, log: Log) -> tupl
         shutil.rmtree(eval_dir)
     (eval_dir / CHUNKS_DIR).mkdir(parents=True)
     meta = {"tool": "mnv4-deploy", "kind": "eval-records", "format": FORMAT, "complete": False, "run": run,
-            "root": str(spec.labeled.root), "layout": spec.labeled.layout, "contract_sha256": spec.contract.sha256(),
-            "skipped": []}
+            "reference_key": spec.full_reference_key(), "root": str(spec.labeled.root), "layout": spec.labeled.layout,
+            "contract_sha256": spec.contract.sha256(), "skipped": []}
     write_json_atomic(meta_path, meta)
     return meta, set()
 
 
+class StoredReference:
+    """An earlier run's reference records, looked up by image position and checked by file hash."""
+
+    def __init__(self, records: Mapping[str, np.ndarray]):
+        self.row = {int(i): n for n, i in enumerate(records["index"].tolist())}
+        self.sha256 = records["file_sha256"]
+        self.sides = {key: records[key] for key in PER_SIDE}
+        self.reused = 0
+
+    def for_chunk(self, decoded: DecodedChunk) -> dict[str, np.ndarray] | None:
+        """The chunk's reference records, or None unless every image is recorded with the same file hash."""
+        rows = [self.row.get(p) for p in decoded.positions]
+        if not rows or any(r is None or self.sha256[r] != h for r, h in zip(rows, decoded.sha256)):
+            return None
+        self.reused += len(rows)
+        return {key: value[rows] for key, value in self.sides.items()}
+
+
+def reusable_reference(source: Path, spec: EvalSpec, log: Log) -> StoredReference | None:
+    """`source`'s reference records when they were made under this spec's reference key, else None (said why)."""
+    key = spec.full_reference_key()
+    meta_path = source / META
+    if key is None or not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        log(f"evaluation: reference records in {source} not reused: {META} is unreadable")
+        return None
+    if not meta.get("complete") or not (source / f"{REFERENCE}.npz").is_file():
+        return None
+    stored = meta.get("reference_key") or {}
+    differs = first_difference(stored, key)
+    if differs is not None:
+        log(f"evaluation: reference records in {source} not reused: {differs} differs "
+            f"(recorded {describe_value(stored.get(differs))}, now {describe_value(key.get(differs))})")
+        return None
+    records = read_npz(source / f"{REFERENCE}.npz")
+    if any(k not in records for k in ("index", "file_sha256", *PER_SIDE)):
+        log(f"evaluation: reference records in {source} not reused: {REFERENCE}.npz lacks per-image fields")
+        return None
+    return StoredReference(records)
+
+
 def _chunk_arrays(spec: EvalSpec, decoded: DecodedChunk, reference: Run, runners: Mapping[str, Run],
-                  seconds: dict[str, float], beside: ThreadPoolExecutor) -> dict[str, np.ndarray]:
+                  seconds: dict[str, float], beside: ThreadPoolExecutor,
+                  stored: StoredReference | None = None) -> dict[str, np.ndarray]:
     """One chunk's records; the reference runs in `beside` while the targets run here.
 
     The reference (PyTorch on one thread) and the targets' runtimes use different cores, so
-    overlapping them shortens the pass; each side still sees exactly the chunk's images.
+    overlapping them shortens the pass; each side still sees exactly the chunk's images. With
+    `stored` records covering the chunk, the reference's side is taken from them instead.
     """
     root = spec.labeled.root
     positions = np.asarray(decoded.positions, np.int64)
@@ -256,12 +316,15 @@ def _chunk_arrays(spec: EvalSpec, decoded: DecodedChunk, reference: Run, runners
             started = time.perf_counter()
             return side, run(decoded.tensors), time.perf_counter() - started
 
-        pending = beside.submit(timed, REFERENCE, reference)
+        recorded = stored.for_chunk(decoded) if stored is not None else None
+        pending = beside.submit(timed, REFERENCE, reference) if recorded is None else None
         results = [timed(side, run) for side, run in runners.items()]
-        for side, logits, took in [pending.result(), *results]:
+        for side, logits, took in [pending.result(), *results] if pending is not None else results:
             seconds[side] = seconds.get(side, 0.0) + took
             for key, value in side_records(logits, labels).items():
                 arrays[f"{side}.{key}"] = value
+        for key, value in (recorded or {}).items():
+            arrays[f"{REFERENCE}.{key}"] = value
     return arrays
 
 
@@ -328,9 +391,15 @@ class _Rate:
 
 
 def run_evaluation(spec: EvalSpec, reference: Run, runners: Mapping[str, Run], out_dir: Path, *,
-                   workers: int = 2, resume: bool = False, log: Log = print) -> EvalRecords:
-    """Stream this spec's chunks once through the reference and every runner; write and return the records."""
+                   workers: int = 2, resume: bool = False, log: Log = print,
+                   reference_from: Path | None = None) -> EvalRecords:
+    """Stream this spec's chunks once through the reference and every runner; write and return the records.
+
+    Reference records are reused from `reference_from` (an earlier run's `eval/` folder; default:
+    this run's own, before it is replaced) when their key matches (module docstring).
+    """
     eval_dir = out_dir / EVAL_DIR
+    stored = None if resume else reusable_reference(reference_from or eval_dir, spec, log)
     meta, done = _prepare_dir(eval_dir, spec, resume, log)
     sides = [REFERENCE, *runners]
     if not meta.get("complete"):
@@ -347,9 +416,12 @@ def run_evaluation(spec: EvalSpec, reference: Run, runners: Mapping[str, Run], o
                     log(f"warning: skipping unreadable image "
                         f"{printable_path(_relative(spec.labeled.files[position], spec.labeled.root))}: {reason}")
                 write_npz(eval_dir / CHUNKS_DIR / f"{decoded.chunk:06d}.npz",
-                          _chunk_arrays(spec, decoded, reference, runners, seconds, beside))
+                          _chunk_arrays(spec, decoded, reference, runners, seconds, beside, stored))
                 rate.add(len(ranges[decoded.chunk]))
         rate.add(0, final=True)
+        if stored is not None:
+            log(f"evaluation: reference records of {stored.reused} image(s) reused from "
+                f"{reference_from or eval_dir} (same model, recipe, contract, images and file hashes)")
         if seconds:
             log("evaluation: seconds per side (model time; the reference overlaps the targets): "
                 + ", ".join(f"{side} {value:.1f}" for side, value in seconds.items()))
@@ -360,7 +432,8 @@ def run_evaluation(spec: EvalSpec, reference: Run, runners: Mapping[str, Run], o
                              "images of this evaluation could be read", "check the files are valid jpg/png images")
         write_records(eval_dir, common, per_side)
         meta.update(complete=True, skipped=skipped, targets=list(runners), count=int(len(common["index"])),
-                    model_seconds={side: round(value, 2) for side, value in seconds.items()})
+                    model_seconds={side: round(value, 2) for side, value in seconds.items()},
+                    reference_reused=stored.reused if stored is not None else 0)
         write_json_atomic(eval_dir / META, meta)
         shutil.rmtree(eval_dir / CHUNKS_DIR, ignore_errors=True)
     return load_records(eval_dir)

@@ -364,3 +364,61 @@ def test_cli_merge_eval_gates_the_merged_drop(labeled_dir, tmp_path):
     assert drop == pytest.approx(100 / 3, abs=1e-3) and gated.exit_code == 4 and "over --max-drop" in gated.output
     missing = runner.invoke(app, ["merge-eval", str(tmp_path / "s1"), "--out", str(tmp_path / "m3")])
     assert missing.exit_code == 2 and "shard(s) 2/2 missing" in missing.output
+
+
+# ---- reference records reused across runs -----------------------------------------------------
+
+class Counting:
+    """A runner that counts the images it was given."""
+
+    def __init__(self, run):
+        self.run, self.images = run, 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.images += len(batch)
+        return self.run(batch)
+
+
+def _keyed(labeled_dir: Path, **key) -> evaluation.EvalSpec:
+    spec = _spec(labeled_dir)
+    spec.reference_key = {"model_sha256": "a" * 64, "recipe": "r", "contract": CONTRACT.sha256(), **key}
+    return spec
+
+
+def test_reference_records_are_reused_only_under_the_same_key(labeled_dir, tmp_path):
+    first = tmp_path / "first"
+    evaluation.run_evaluation(_keyed(labeled_dir), _logits, {"t": lambda b: -_logits(b)}, first, workers=0,
+                              log=lambda _m: None)
+    ref_sha = sha(first / "eval" / "reference.npz")
+    # a later run with another target in the same --out: the reference does not run, its records are the same bytes
+    lines, reference = [], Counting(_logits)
+    evaluation.run_evaluation(_keyed(labeled_dir), reference, {"u": lambda b: _logits(b)[:, ::-1]}, first, workers=0,
+                              log=lines.append)
+    assert reference.images == 0 and sha(first / "eval" / "reference.npz") == ref_sha
+    assert any("reference records of 75 image(s) reused" in line for line in lines)
+    assert json.loads((first / "eval" / "meta.json").read_text())["reference_reused"] == 75
+    # from another run's folder, and a changed key field recomputes, naming it
+    lines, reference = [], Counting(_logits)
+    evaluation.run_evaluation(_keyed(labeled_dir, recipe="other"), reference, {"t": _logits}, tmp_path / "second",
+                              workers=0, log=lines.append, reference_from=first / "eval")
+    assert reference.images == 75 and any("not reused: recipe differs" in line for line in lines)
+    assert sha(tmp_path / "second" / "eval" / "reference.npz") == ref_sha  # the same model, recomputed
+    # no key (e.g. the benchmark's engine-only pass): never reused
+    reference = Counting(_logits)
+    evaluation.run_evaluation(_spec(labeled_dir), reference, {"t": _logits}, first, workers=0, log=lambda _m: None)
+    assert reference.images == 75
+
+
+def test_reused_reference_recomputes_chunks_whose_files_changed(labeled_dir, tmp_path):
+    changed = tmp_path / "set"
+    shutil.copytree(labeled_dir, changed)
+    evaluation.run_evaluation(_keyed(changed), _logits, {"t": _logits}, tmp_path, workers=0, log=lambda _m: None)
+    ref_before = np.load(tmp_path / "eval" / "reference.npz")["top1"].copy()
+    victim = sorted((changed / "2").iterdir())[-1]  # the last chunk (images 64-74) holds class 2's last images
+    make_images(tmp_path / "new", 1, seed=99)[0].replace(victim)  # same name, new bytes: same image list
+    reference = Counting(_logits)
+    records = evaluation.run_evaluation(_keyed(changed), reference, {"t": _logits}, tmp_path, workers=0,
+                                        log=lambda _m: None)
+    assert reference.images == 11  # only that chunk ran the reference again
+    assert records.common["file_sha256"][-1] == data.file_sha256(victim)
+    assert len(records.sides["reference"]["top1"]) == len(ref_before)
