@@ -129,7 +129,7 @@ def _peak_self_mb() -> float:
 def child_streamed(work: Path, n: int, workers: int, img_size: int, engine_only: bool = False) -> dict:
     """The one pass; `engine_only`: the onnx artifact alone as the only side (the plain loop's work)."""
     from mnv4_deploy import data, evaluation
-    from mnv4_deploy.eval_stage import torch_runner
+    from mnv4_deploy.batches import torch_runner
     from mnv4_deploy.pipeline import prepare_model
     from mnv4_deploy.registry import Artifact, load_target
 
@@ -143,7 +143,7 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, engine_only:
                                                       conv.info.precision)).run
     labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
     spec = evaluation.EvalSpec(labeled, prepared.contract, {"model": MODEL})
-    reference = torch_runner(prepared.canonical)
+    reference = torch_runner(prepared.canonical, one_thread=True)
     if engine_only:
         reference, runners = runners["onnx"], {}
     before = _peak_self_mb()

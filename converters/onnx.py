@@ -209,10 +209,10 @@ class OnnxInt8Converter:
         if job.plan is None:
             raise UsageError("target onnx-int8 needs calibration images", "pass --calib-data DIR")
         path = job.workdir / f"{job.stem}{self.info.suffix}"
-        export_qdq_onnx(job.plan.plan, path, job.example, opset=job.options.opset)
+        export_qdq_onnx(job.plan, path, job.example, opset=job.options.opset)
         proto = onnx.load(str(path))
         meta = {"opset": job.options.opset, "form": "QDQ", "input": INPUT_NAME, "output": OUTPUT_NAME,
-                "float_layers": list(job.plan.plan.float_layers), "op_histogram": op_histogram(proto), **REPRODUCIBLE}
+                "float_layers": list(job.plan.float_layers), "op_histogram": op_histogram(proto), **REPRODUCIBLE}
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=job.plan.emulation())
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:

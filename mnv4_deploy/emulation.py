@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .batches import torch_runner
+
 
 def round_weights_int8(model: Any, min_elements: int = 0) -> Any:
     """A copy of `model` whose conv/linear weights are rounded to symmetric per-channel int8.
@@ -37,12 +39,4 @@ def round_weights_int8(model: Any, min_elements: int = 0) -> Any:
 
 def int8_weight_emulation(model: Any, min_elements: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """NCHW float32 batch -> logits of `model` with int8-rounded weights, float activations."""
-    import torch
-
-    rounded = round_weights_int8(model, min_elements)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return rounded(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
-
-    return run
+    return torch_runner(round_weights_int8(model, min_elements))

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import data as datasets
+from .batches import torch_runner
 from .evaluation import EvalRecords, EvalSpec, ShardSpec, run_evaluation
 from .preprocess import Preprocess
 from .streaming import DEFAULT_WORKERS, check_workers
@@ -27,24 +28,6 @@ HELD_IMAGES = 1000  # labeled images held in memory for conversion-time checks (
 
 Run = Callable[[np.ndarray], np.ndarray]
 Log = Callable[[str], None]
-
-
-def torch_runner(model: Any) -> Run:
-    """The reference in the pass, on one torch thread.
-
-    One thread makes the reference records independent of the runner's core count (shards may
-    run on different machines), and a 2-thread pool on a busy 2-core host was 3x slower than one
-    thread (conv_small 224 px: 409 vs 142 ms/image at load average 20).
-    """
-    import torch
-
-    from .quant.threads import single_thread
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad(), single_thread():
-            return model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
-
-    return run
 
 
 @dataclass
@@ -93,6 +76,7 @@ class EvalStage:
         shard = f" (shard {self.shard}: chunks {chunks[0]}-{chunks[-1]} of {spec.total_chunks()})" if self.shard else ""
         log(f"evaluation: {len(self.labeled)} labeled images ({self.labeled.layout}) from {self.labeled.root}{shard}, "
             f"one pass for reference + {len(self.runners)} target(s), {self.workers} decode worker(s)")
-        self.records = run_evaluation(spec, torch_runner(reference), self.runners, out_dir, workers=self.workers,
-                                      resume=self.resume, log=log)
+        # one thread: shards may run on machines with other core counts (see batches.torch_runner)
+        self.records = run_evaluation(spec, torch_runner(reference, one_thread=True), self.runners, out_dir,
+                                      workers=self.workers, resume=self.resume, log=log)
         return self.records

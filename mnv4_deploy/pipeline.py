@@ -19,6 +19,7 @@ from . import models
 from .artifact_guard import precheck, reading
 from .artifacts import (ensure_writable_dir, move_into_place, output_write_error, private_workdir, sha256_path,
                         size_bytes)
+from .batches import torch_logits
 from .calibration_stream import calibration_set
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
@@ -153,20 +154,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-EVAL_CHUNK = 32
 CALIBRATION_HELD = 256  # streamed calibration sets keep this many images (or the recipe's correction_size) in memory
-
-
-def run_chunked(run: Callable[[np.ndarray], np.ndarray], tensors: np.ndarray, chunk: int = EVAL_CHUNK) -> np.ndarray:
-    """Run a model over many images in bounded-memory chunks."""
-    return np.concatenate([run(tensors[i:i + chunk]) for i in range(0, len(tensors), chunk)])
-
-
-def torch_logits(model: Any, tensors: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return run_chunked(lambda b: model(torch.from_numpy(b)).numpy(), tensors)
 
 
 @dataclass
@@ -204,8 +192,8 @@ def _convert_atomically(conv: Converter, ctx: RunContext, result: TargetResult) 
         job = ConvertJob(model=ctx.prepared.canonical, contract=ctx.prepared.contract, example=ctx.prepared.example,
                          workdir=workdir, stem=ctx.stem, options=ctx.options, recipe=ctx.recipe,
                          calibration=ctx.calibration, upstream=ctx.artifacts.get(info.upstream or ""),
-                         plan=ctx.plan, evaluation=ctx.evaluation, model_info=ctx.prepared.model_info,
-                         run_cache=ctx.run_cache, log=ctx.log)
+                         plan=ctx.plan.plan if ctx.plan is not None else None, evaluation=ctx.evaluation,
+                         model_info=ctx.prepared.model_info, run_cache=ctx.run_cache, log=ctx.log)
         artifact = conv.convert(job)
         companions = tuple(move_into_place(p, ctx.out_dir / p.name) for p in artifact.companions)
         return replace(artifact, path=move_into_place(artifact.path, ctx.out_dir / artifact.path.name),

@@ -3,15 +3,19 @@
 The plan is built once from the run's calibration tensors. With `--max-drop` and labeled
 data, the accuracy-aware fallback keeps the most sensitive layers in float (ranked by the
 sensitivity report) until the plan's own int8 simulation meets the budget; converters then
-express that plan natively, so all int8 targets of a run agree.
+express that plan natively, so all int8 targets of a run agree. Converters get the plan itself
+(`ConvertJob.plan`, a `QuantPlan`); the summary stays with the pipeline's report.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
+from .batches import run_chunked
+
+if TYPE_CHECKING:
+    from .quant.plan import QuantPlan
 
 Log = Callable[[str], None]
 SENSITIVITY_IMAGES = 32  # calibration images the sensitivity ranking runs on
@@ -19,22 +23,10 @@ SENSITIVITY_IMAGES = 32  # calibration images the sensitivity ranking runs on
 
 @dataclass
 class PlanStage:
-    """The shared plan plus what the report says about it."""
+    """The run's plan (what converters get) plus what the report says about it."""
 
-    plan: Any  # mnv4_deploy.quant.QuantPlan
+    plan: "QuantPlan"
     summary: dict[str, Any] = field(default_factory=dict)
-
-    def emulation(self) -> Callable[[np.ndarray], np.ndarray]:
-        """NCHW float32 batch -> logits of the plan's fake-quant model (what int8 artifacts compute)."""
-        import torch
-
-        model = self.plan.fake_quant_model()
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
-
-        return run
 
 
 def build_plan_stage(canonical: Any, calibration: Any, recipe: Any, evaluation: Any = None,
@@ -54,10 +46,7 @@ def build_plan_stage(canonical: Any, calibration: Any, recipe: Any, evaluation: 
                                "recipe": recipe.name}
     if evaluation is not None and max_drop is not None:
         def measure(candidate: Any) -> float:
-            sim = PlanStage(candidate).emulation()
-            from .pipeline import run_chunked
-
-            logits = run_chunked(sim, evaluation.batch.tensors)
+            logits = run_chunked(candidate.emulation(), evaluation.batch.tensors)
             return accuracy(evaluation.reference_logits, logits, evaluation.batch.labels).drop_top1
 
         drop = measure(plan)

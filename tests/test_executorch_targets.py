@@ -193,4 +193,4 @@ def test_int8_without_calibration_or_with_float_layers_is_refused(digits_plans):
     plan = digits_plans.plan()
     partial = plan.with_float([plan.layers[0]], recorrect=False)
     with pytest.raises(UsageError, match="keeps 1 unit"):
-        _full_integer_plan(SimpleNamespace(plan=SimpleNamespace(plan=partial)), "executorch-int8")
+        _full_integer_plan(SimpleNamespace(plan=partial), "executorch-int8")

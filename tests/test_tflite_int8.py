@@ -18,6 +18,7 @@ import pytest
 from mnv4_deploy import export
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import ExportOptions
+from mnv4_deploy.run_lock import TMP_PREFIX
 
 from conftest import SMALL, make_images
 from test_int8_pipeline import INT8_BOUND
@@ -36,23 +37,37 @@ def _input_dtype(path: Path) -> np.dtype:
     return np.dtype(open_interpreter(path).get_input_details()[0]["dtype"])
 
 
+def _fake_compiler(folder: Path) -> Path:
+    """An `edgetpu_compiler` (the real CLI: -s -o OUT_DIR MODEL) that prints a recorded log and
+    writes `<stem>_edgetpu.tflite` (a copy of its input)."""
+    fake = folder / "edgetpu_compiler"
+    folder.mkdir(parents=True, exist_ok=True)
+    fake.write_text(f'#!/bin/sh\ncat "{FIXTURE_LOG}"\ncp "$4" "$3/$(basename "$4" .tflite)_edgetpu.tflite"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
 @pytest.fixture(scope="module")
 def digits_run(trained_digits, digit_folders, tmp_path_factory):
     """onnx-int8, tflite-int8 and edgetpu of the trained digits net in one run (one plan).
 
     No --max-drop: the drop is gated here, which spares the plan's own simulated-drop pass.
+    A fake edgetpu_compiler is on PATH, so the run also keeps a compiled model.
     """
     import torch
 
-    out = tmp_path_factory.mktemp("digits-int8") / "out"
+    root = tmp_path_factory.mktemp("digits-int8")
+    out = root / "out"
     net, (calib, heldout) = trained_digits, digit_folders
-    previous = torch.get_num_threads()
+    previous, path = torch.get_num_threads(), os.environ["PATH"]
     torch.set_num_threads(1)  # 32x32 tensors: see conftest.one_torch_thread (LiteRT keeps its 2 threads)
+    os.environ["PATH"] = f"{_fake_compiler(root / 'bin').parent}{os.pathsep}{path}"
     try:
         report = export(net.model, "onnx-int8,tflite-int8,edgetpu", out, contract=net.contract, name="digits",
                         calib_data=calib, eval_data=heldout, **QUIET)
     finally:
         torch.set_num_threads(previous)
+        os.environ["PATH"] = path
     return report, out
 
 
@@ -188,17 +203,22 @@ def test_compiler_is_run_when_present_and_its_model_kept(digits_run, tmp_path, m
     from mnv4_deploy.registry import ConvertJob
 
     report, out = digits_run
-    fake = tmp_path / "bin" / "edgetpu_compiler"  # the real CLI: -s -o OUT_DIR MODEL
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\ncat "{FIXTURE_LOG}"\ncp "$4" "$3/$(basename "$4" .tflite)_edgetpu.tflite"\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    compiled_meta = report.result("edgetpu").metadata["edgetpu_compiler"]
+    assert compiled_meta["succeeded"] and compiled_meta["compiled_model"] == "digits_edgetpu.tflite"
+    # the export kept it beside the artifact (moved with it), and left no work directory behind
+    assert sorted(p.name for p in out.iterdir() if "edgetpu" in p.name) == ["digits.edgetpu.tflite",
+                                                                           "digits_edgetpu.tflite"]
+    assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
+    fake = _fake_compiler(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     workdir = tmp_path / "job" / "work"
     workdir.mkdir(parents=True)
     job = ConvertJob(model=None, contract=None, example=None, workdir=workdir, stem="digits",
                      options=ExportOptions(), recipe=None)
-    result = compile_if_available(out / report.result("edgetpu").artifact, job)
+    result, compiled = compile_if_available(out / report.result("edgetpu").artifact, job)
     assert result["succeeded"] and result["compiled_model"] == "digits_edgetpu.tflite"
-    assert (tmp_path / "job" / "digits_edgetpu.tflite").is_file()  # beside the artifact, not in the workdir
+    # inside the workdir, as the artifact's companion: the pipeline's atomic move puts it beside the artifact
+    assert compiled.is_file() and compiled.name == "digits_edgetpu.tflite" and workdir in compiled.parents
+    assert [p.name for p in (tmp_path / "job").iterdir()] == ["work"]  # nothing written around the workdir
     assert (result["log"]["ops_on_edgetpu"], result["log"]["ops_on_cpu"]) == (2, 34)
     assert "Mapped to Edge TPU" in result["table"]

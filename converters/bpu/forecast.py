@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mnv4_deploy.batches import Run, run_chunked
 from mnv4_deploy.preprocess import Preprocess
 
 from . import nv12
 
-Run = Callable[[np.ndarray], np.ndarray]
 BPU_RECIPE = "bpu"
 NO_LABEL_IMAGES = 32  # calibration images the cosine is measured on when there is no labeled set
 
@@ -55,18 +55,14 @@ def sample_from(evaluation: Any, calib_tensors: np.ndarray, float_run: Run) -> S
     if evaluation is not None:
         return Sample(evaluation.batch.tensors, evaluation.reference_logits, evaluation.batch.labels, "evaluation")
     tensors = calib_tensors[:NO_LABEL_IMAGES]
-    return Sample(tensors, chunked(float_run, tensors), None, "calibration")
-
-
-def chunked(run: Run, tensors: np.ndarray, chunk: int = 32) -> np.ndarray:
-    return np.concatenate([run(tensors[i:i + chunk]) for i in range(0, len(tensors), chunk)])
+    return Sample(tensors, run_chunked(float_run, tensors), None, "calibration")
 
 
 def measure(name: str, label: str, run: Run, tensors: np.ndarray, sample: Sample) -> dict[str, Any]:
     """One variant's row: parity with the reference and, with labels, the paired accuracy."""
     from mnv4_deploy.validate import accuracy, compare
 
-    logits = chunked(run, tensors)
+    logits = run_chunked(run, tensors)
     row: dict[str, Any] = {"name": name, "label": label, "images": int(len(tensors)), "on": sample.source,
                            "parity": compare(sample.reference, logits).to_dict(), "accuracy": None}
     if sample.labels is not None:

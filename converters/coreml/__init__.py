@@ -95,7 +95,7 @@ class CoremlConverter:
         if self.kind == "int8":
             if job.plan is None:
                 raise UsageError(f"target {self.info.name} needs calibration images", "pass --calib-data DIR")
-            mlmodel, meta = convert_plan(job.plan.plan, job.example, job.contract, min_target=min_target,
+            mlmodel, meta = convert_plan(job.plan, job.example, job.contract, min_target=min_target,
                                          image_input=job.options.image_input)
         elif self.kind == "w8":
             mlmodel, meta = self._float_source(job, min_target)
@@ -115,7 +115,7 @@ class CoremlConverter:
         save_package(mlmodel, path)
         described = describe_mlpackage(path)
         if self.kind == "int8":
-            meta.update(verify_plan_weights(path, job.plan.plan))
+            meta.update(verify_plan_weights(path, job.plan))
         meta.update({"compute_units": compute_unit_report(path), "neural_engine_notes": notes})
         meta.update({"min_target": min_target, "spec_version": described["spec_version"],
                      "min_deployment_target": described["min_deployment_target"],

@@ -31,60 +31,18 @@ _WEIGHT_INPUTS = {"constexpr_affine_dequantize": ("quantized_data", "scale"),
                   "constexpr_blockwise_shift_scale": ("data", "scale")}
 
 
-def coreml_qdq_ops() -> Any:
-    """A `QuantOps` whose exported form is quantized_decomposed ops with the plan's constants."""
-    import torch
-
-    from mnv4_deploy.quant.modules import QuantOps
-
-    qd = torch.ops.quantized_decomposed
-    containers = {"int8": torch.int8, "uint8": torch.uint8}
-
-    class CoremlQDQOps(QuantOps):
-        """Same numbers as `QuantOps` (checked by a test), spelled as ops coremltools converts."""
-
-        def fake_quant(self, x: torch.Tensor, q: Any) -> torch.Tensor:
-            dtype = containers[q.dtype]
-            ints = qd.quantize_per_tensor(x, q.scale, q.zero_point, q.qmin, q.qmax, dtype)
-            return qd.dequantize_per_tensor(ints, q.scale, q.zero_point, q.qmin, q.qmax, dtype)
-
-    return CoremlQDQOps()
-
-
-def _freeze_layer(layer: Any) -> None:
-    """Give a quantized layer constant int8 weights (behind one dequantize) and a constant bias.
-
-    The same numbers its `effective_weight`/`effective_bias` compute, without the per-forward
-    int32 bias rounding and dtype casts that would otherwise be traced into the export (it
-    halves coremltools' conversion time).
-    """
-    import torch
-
-    qd = torch.ops.quantized_decomposed
-    ints = layer.weight_int.to(torch.int8).clone()
-    scale = layer.weight_scale.float().clone()
-    zeros = torch.zeros(scale.shape, dtype=torch.int64)
-    with torch.no_grad():
-        bias = layer.effective_bias().detach().float().clone()
-    layer.effective_weight = lambda: qd.dequantize_per_channel(ints, scale, zeros, 0, -127, 127, torch.int8)
-    layer.effective_bias = lambda: bias
-
-
 def plan_module(plan: Any) -> Any:
-    """The plan's fake-quant model (a copy) with Core ML-exportable quantizers and constant weights."""
-    from mnv4_deploy.quant.modules import QuantWeighted
+    """The plan's fake-quant model (a copy) with Core ML-exportable quantizers and constant weights.
+
+    Frozen weights (`QuantWeighted.freeze`) keep the per-forward int32 bias rounding and dtype
+    casts out of the export, which halves coremltools' conversion time.
+    """
+    from mnv4_deploy.quant.decomposed import DecomposedQDQOps
 
     if plan.settings.act_bits != 8:
         raise UsageError(f"Core ML quantizes activations to 8 bits; this plan uses {plan.settings.act_bits}-bit",
                          "use a recipe with activations.bits: 8 for coreml-int8")
-    model = plan.fake_quant_model()
-    ops = coreml_qdq_ops()
-    for module in model.modules():
-        if hasattr(module, "ops"):
-            module.ops = ops
-        if isinstance(module, QuantWeighted) and module.quantized:
-            _freeze_layer(module)
-    return model
+    return plan.export_model(DecomposedQDQOps())
 
 
 def convert_plan(plan: Any, example: Any, contract: Any, *, min_target: str, image_input: bool,

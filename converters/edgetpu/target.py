@@ -23,7 +23,7 @@ from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
 from ..tflite.common import REPRODUCIBLE
-from ..tflite.int8_target import BACKENDS, embed_contract, plan_emulation, require_plan
+from ..tflite.int8_target import BACKENDS, embed_contract, require_plan
 from ..tflite.io_types import check_io_dtype
 from ..tflite.runtime import TfliteArtifacts
 
@@ -54,15 +54,17 @@ def static_check_summary(path: Path) -> dict[str, Any]:
             "table": report.format_table()}
 
 
-def compile_if_available(path: Path, job: ConvertJob) -> dict[str, Any]:
-    """Run edgetpu_compiler when installed; keep `<stem>_edgetpu.tflite` beside the artifact."""
-    from mnv4_deploy.artifacts import move_into_place
+def compile_if_available(path: Path, job: ConvertJob) -> tuple[dict[str, Any], Path | None]:
+    """Run edgetpu_compiler when installed: its verdict, and `<stem>_edgetpu.tflite` in the workdir.
 
+    The compiled model is the artifact's companion: the pipeline moves it beside the artifact
+    with the same atomic move, so a failed export leaves neither behind.
+    """
     from .compiler import find_edgetpu_compiler, run_edgetpu_compiler
     from .errors import EdgeTpuCompilerFailed
 
     if find_edgetpu_compiler() is None:
-        return {"ran": False, "reason": "edgetpu_compiler is not on PATH here (x86-64 Debian/Ubuntu only)"}
+        return {"ran": False, "reason": "edgetpu_compiler is not on PATH here (x86-64 Debian/Ubuntu only)"}, None
     source = job.workdir / "compile" / f"{job.stem}.tflite"  # the compiler names its output <stem>_edgetpu
     source.parent.mkdir()
     shutil.copyfile(path, source)
@@ -70,10 +72,10 @@ def compile_if_available(path: Path, job: ConvertJob) -> dict[str, Any]:
         log = run_edgetpu_compiler(source, job.workdir / "compiled")
     except EdgeTpuCompilerFailed as exc:
         return {"ran": True, "succeeded": False, "error": exc.one_line(),
-                "log": exc.log.to_dict() if exc.log else None}
-    kept = move_into_place(Path(log.edgetpu_model), job.workdir.parent / f"{job.stem}_edgetpu.tflite")
-    return {"ran": True, "succeeded": True, "compiled_model": kept.name, "log": log.to_dict(),
-            "table": log.format_table()}
+                "log": exc.log.to_dict() if exc.log else None}, None
+    compiled = Path(log.edgetpu_model)  # <workdir>/compiled/<stem>_edgetpu.tflite
+    return {"ran": True, "succeeded": True, "compiled_model": compiled.name, "log": log.to_dict(),
+            "table": log.format_table()}, compiled
 
 
 class EdgeTpuConverter(TfliteArtifacts):
@@ -121,7 +123,7 @@ class EdgeTpuConverter(TfliteArtifacts):
                              f"#{first['index']} {first['op']} ({first['reasons'][0]}), so "
                              f"{check['counts']['on_cpu']} of {check['counts']['ops']} ops would run on the CPU",
                              "use a conv variant, or drop --strict to accept the CPU fallback")
-        compiled = compile_if_available(path, job)
+        compiled, compiled_model = compile_if_available(path, job)
         meta["edgetpu_compiler"] = compiled
         if job.options.strict and compiled.get("succeeded") and compiled["log"].get("ops_on_cpu"):
             raise UsageError(f"--strict: edgetpu_compiler left {compiled['log']['ops_on_cpu']} op(s) on the CPU",
@@ -131,7 +133,8 @@ class EdgeTpuConverter(TfliteArtifacts):
                 + ("" if check["fully_mapped"] else f"; first CPU op #{check['first_cpu_op']['index']} "
                                                     f"{check['first_cpu_op']['op']}"))
         meta.update(REPRODUCIBLE)  # of the .edgetpu.tflite; the compiler's own output is not checked here
-        return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
+        return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan.emulation(),
+                        companions=(compiled_model,) if compiled_model is not None else ())
 
     def check(self, path: Path, compiler_log: Path | None = None) -> dict[str, Any]:
         """`mnv4-deploy check`: the static per-op verdict for any .tflite, plus a compiler log's

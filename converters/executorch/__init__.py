@@ -17,7 +17,6 @@ Module import stays light: the backend is imported inside convert/runner/describ
 """
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ PACKAGES = ("executorch",)
 REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for the same model, options and tool "
                 "versions: torch.export and ExecuTorch's serializer are deterministic, the .pte stores no "
                 "timestamps and the embedded metadata is sorted JSON"}
-_FULL_INTEGER: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
 def _num_classes(job: ConvertJob) -> int:
@@ -40,18 +38,16 @@ def _num_classes(job: ConvertJob) -> int:
 
 
 def _full_integer_plan(job: ConvertJob, target: str) -> Any:
-    """The run's plan with its logits quantized (made once per plan); refused when layers stay float."""
-    if job.plan is None:
+    """The run's plan with its logits quantized (shared with tflite-int8); refused when layers stay float."""
+    plan = job.plan
+    if plan is None:
         raise UsageError(f"target {target} needs calibration images", "pass --calib-data DIR")
-    plan = job.plan.plan
     if plan.float_layers:
         shown = ", ".join(plan.float_layers[:4]) + (" ..." if len(plan.float_layers) > 4 else "")
         raise UsageError(f"target {target} lowers the whole plan to XNNPACK's int8 kernels, but the run's plan "
                          f"keeps {len(plan.float_layers)} unit(s) in float ({shown})",
                          "raise --max-drop or drop --eval-data/--max-drop for this target; onnx-int8 can keep them")
-    if plan not in _FULL_INTEGER:
-        _FULL_INTEGER[plan] = plan.with_quantized_output()
-    return _FULL_INTEGER[plan]
+    return plan.with_quantized_output()
 
 
 def refuse_portable_compute(delegation: dict[str, Any], target: str) -> None:
@@ -103,9 +99,7 @@ class ExecutorchConverter:
                 f"left to the portable kernels")
         meta = {**facts, "embedded": embedded, **REPRODUCIBLE}
         if self.int8:
-            from mnv4_deploy.quantize import PlanStage
-
-            return Artifact(self.info.name, path, self.info.precision, meta, emulation=PlanStage(plan).emulation())
+            return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan.emulation())
         return Artifact(self.info.name, path, self.info.precision, meta)
 
     def runner(self, artifact: Artifact) -> Runner:

@@ -75,9 +75,9 @@ class OpenvinoConverter:
 
             if job.plan is None:
                 raise UsageError(f"target {self.info.name} needs calibration images", "pass --calib-data DIR")
-            export_qdq_onnx(job.plan.plan, onnx_path, job.example, opset=ONNX_OPSET, weight_dtype="int8")
+            export_qdq_onnx(job.plan, onnx_path, job.example, opset=ONNX_OPSET, weight_dtype="int8")
             return {"source": "the run's plan as QDQ ONNX (export_qdq_onnx, int8 weights, as onnx-int8 writes it)",
-                    "float_layers": list(job.plan.plan.float_layers)}
+                    "float_layers": list(job.plan.float_layers)}
         from converters.onnx import export_float_onnx
 
         export_float_onnx(job.model, job.example, onnx_path, ONNX_OPSET, dynamic_batch=False, simplify=True)
@@ -90,7 +90,7 @@ class OpenvinoConverter:
 
         fp16_weights = bool(job.options.openvino_fp16_weights) and not self.int8
         precision = "fp16" if fp16_weights else self.info.precision
-        plan = job.plan.plan if self.int8 and job.plan is not None else None
+        plan = job.plan if self.int8 else None
         onnx_path = job.workdir / f"{job.stem}.for-openvino.onnx"
         source = self._onnx(job, onnx_path)
         embedded = artifact_metadata(job, self.info.name, precision, _num_classes(job), plan, PACKAGES)

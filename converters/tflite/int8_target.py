@@ -7,11 +7,8 @@ int8|uint8` gives integer I/O, which the generic runner feeds with the tensors' 
 """
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
@@ -22,30 +19,15 @@ from .metadata import contract_payload, embed_metadata
 from .runtime import TfliteArtifacts, describe_tflite, open_interpreter
 
 BACKENDS = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
-_FULL_INTEGER: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
-def full_integer_plan(plan: Any) -> Any:
-    """The run's plan with its output quantized, made once per plan and shared by both targets."""
-    if plan not in _FULL_INTEGER:
-        _FULL_INTEGER[plan] = plan.with_quantized_output()
-    return _FULL_INTEGER[plan]
-
-
-def plan_emulation(plan: Any) -> Callable[[np.ndarray], np.ndarray]:
-    from mnv4_deploy.quantize import PlanStage
-
-    return PlanStage(plan).emulation()
-
-
 def require_plan(job: ConvertJob, target: str) -> Any:
-    """The full-integer variant of the run's plan; a clear error when there is no plan."""
+    """The full-integer variant of the run's plan (made once per plan, shared with edgetpu and
+    executorch-int8); a clear error when there is no plan."""
     from .full_integer import check_plan_full_integer
 
     if job.plan is None or job.calibration is None:
         raise UsageError(f"target {target} needs calibration images", "pass --calib-data DIR")
-    check_plan_full_integer(job.plan.plan, target)
-    return full_integer_plan(job.plan.plan)
+    check_plan_full_integer(job.plan, target)
+    return job.plan.with_quantized_output()
 
 
 def embed_contract(path: Path, job: ConvertJob, info: TargetInfo, layout: str) -> dict[str, Any]:
@@ -82,7 +64,7 @@ class TfliteInt8Converter(TfliteArtifacts):
                                   job.options.io_dtype, job.log)
         meta.update(embed_contract(path, job, self.info, job.options.layout))
         meta.update(REPRODUCIBLE)
-        return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan_emulation(plan))
+        return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan.emulation())
 
 
 

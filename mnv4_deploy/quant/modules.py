@@ -40,6 +40,14 @@ class QuantOps:
         """Dequantized int32 bias."""
         return b_int.to(torch.float32) * scale
 
+    def frozen_weight(self, w_int: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        """A frozen layer's weights (see `QuantWeighted.freeze`): int8 constants behind one dequantize.
+
+        Weights are symmetric, so `zero_point` is all zeros and the numbers are `weight`'s; an
+        exporter overrides this to spell the dequantize as its own op.
+        """
+        return self.weight(w_int, scale)
+
 
 class FakeQuant(nn.Module):
     """A per-tensor activation quantizer at one quantization point; off when `qparams` is None."""
@@ -82,6 +90,7 @@ class QuantWeighted(nn.Module):
         self.register_buffer("bias_q", self.bias.clone())
         self.input_qparams: QParams | None = None
         self.quantized = False
+        self.frozen = False
         self.ops = QuantOps()
 
     def bias_scale(self) -> torch.Tensor | None:
@@ -97,13 +106,36 @@ class QuantWeighted(nn.Module):
         return torch.clamp(torch.round(self.bias_q / scale), -INT32_MAX, INT32_MAX).to(torch.int64)
 
     def effective_weight(self) -> torch.Tensor:
+        if self.frozen:
+            return self.ops.frozen_weight(self.weight_int, self.weight_scale, self.weight_zero_point)
         return self.ops.weight(self.weight_int, self.weight_scale) if self.quantized else self.weight
 
     def effective_bias(self) -> torch.Tensor:
+        if self.frozen:
+            return self.frozen_bias
         if not self.quantized:
             return self.bias
         b_int = self.bias_int()
         return self.bias_q if b_int is None else self.ops.bias(b_int, self.bias_scale())
+
+    def freeze(self) -> None:
+        """Hold this quantized layer's numbers as constants, for export to another runtime.
+
+        The forward then reads the int8 weights through one `ops.frozen_weight` and adds the bias
+        `effective_bias` gives now, as a float constant: the same numbers, without the per-forward
+        int32 bias rounding and casts a trace would otherwise record. The float originals are
+        dropped (`forward_float` no longer works): an exported program lifts every buffer, and
+        unused ones would stay in its constant table.
+        """
+        if not self.quantized:
+            raise ValueError(f"{self.unit}: only a quantized layer can be frozen (this one stays float)")
+        with torch.no_grad():
+            bias = self.effective_bias().detach().float().clone()
+        for unused in ("weight", "bias", "bias_q"):
+            self._buffers.pop(unused, None)
+        self.register_buffer("weight_zero_point", torch.zeros(self.weight_scale.shape, dtype=torch.int64))
+        self.register_buffer("frozen_bias", bias)
+        self.frozen = True
 
     def set_weights(self, weight_int: torch.Tensor, weight_scale: torch.Tensor) -> None:
         self.weight_int = weight_int.to(torch.int8)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -23,13 +24,14 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from ..batches import Run, torch_runner
 from ..errors import UsageError
 from ..recipes import Recipe
 from .bias_correction import BiasCorrectionStats, correct_bias
 from .calibrate import ObservedRange, calibrate_ranges, output_points
 from .equalize import EqualizationStats, absorb_biases, equalize
 from .graph import QuantGraph, build_quant_graph
-from .modules import QuantWeighted, is_depthwise
+from .modules import QuantOps, QuantWeighted, is_depthwise
 from .qparams import QParams
 from .settings import QuantSettings
 from .simulate import FLOAT, QUANT, run_streams
@@ -46,6 +48,11 @@ class QuantPlan:
     float op -> QuantizeLinear, int32 biases, per-channel weights); integer kernels agree
     with it up to float rounding ties. Not built directly: use `build_plan`, then
     `with_float` for fallback variants.
+
+    Converters read a plan only through its public API: `emulation()` (what the int8 artifact
+    computes, as a Run), `with_quantized_output()` (the full-integer variant), `export_model(ops)`
+    (the fake-quant model with constant weights in an exporter's spelling), the per-layer
+    `weight_ints`/`weight_scales`, `activation_ranges`, `float_layers` and `sha256`.
     """
 
     def __init__(self, qg: QuantGraph, settings: QuantSettings, ranges: dict[str, QParams],
@@ -59,6 +66,7 @@ class QuantPlan:
         self.stats = stats
         self.float_units = frozenset(float_units)
         self._float_outputs = frozenset() if settings.quantize_output else frozenset(output_points(qg))
+        self._quantized_output: QuantPlan | None = None  # made once: every full-integer target shares it
         self._apply(self._qg.gm)
 
     # ---- structure ----------------------------------------------------------------------
@@ -136,6 +144,21 @@ class QuantPlan:
         (cheaper than a new copy when trying many sets)."""
         self._apply(fake_quant_model, float_units)
 
+    def emulation(self) -> Run:
+        """NCHW float32 batch -> logits of the fake-quant model: what the plan's int8 artifacts compute."""
+        return torch_runner(self.fake_quant_model())
+
+    def export_model(self, ops: QuantOps) -> fx.GraphModule:
+        """The fake-quant model (a copy) written for an exporter: `ops` does every quantize and
+        dequantize, and every quantized layer is frozen (`QuantWeighted.freeze`). Same numbers."""
+        model = self.fake_quant_model()
+        for module in model.modules():
+            if hasattr(module, "ops"):
+                module.ops = ops
+            if isinstance(module, QuantWeighted) and module.quantized:
+                module.freeze()
+        return model.eval()
+
     def float_model(self) -> fx.GraphModule:
         """The float reference after equalization (same function as the canonical model)."""
         return self.fake_quant_model(float_units=self.units)
@@ -189,13 +212,35 @@ class QuantPlan:
 
         Full-integer targets (TFLite int8, EdgeTPU) need every tensor on a grid; their
         emulation must be this variant. Ranges, weights and biases are kept: the output
-        quantizer sits after the last layer, so nothing upstream changes.
+        quantizer sits after the last layer, so nothing upstream changes. Made once per plan,
+        so the targets of one run share it.
         """
         if self.settings.quantize_output:
             return self
-        settings = dataclasses.replace(self.settings, quantize_output=True)
-        return QuantPlan(copy.deepcopy(self._qg), settings, self._ranges, self.observed, self._correction_data,
-                         copy.deepcopy(self.stats), self.float_units)
+        if self._quantized_output is None:
+            settings = dataclasses.replace(self.settings, quantize_output=True)
+            self._quantized_output = QuantPlan(copy.deepcopy(self._qg), settings, self._ranges, self.observed,
+                                               self._correction_data, copy.deepcopy(self.stats), self.float_units)
+        return self._quantized_output
+
+    # ---- identity -----------------------------------------------------------------------
+    @property
+    def sha256(self) -> str:
+        """A hash of the numbers the plan fixes: integer weights and scales, activation grids, float units.
+
+        Stable across processes (no timings, no object ids), so two exports of the same plan carry
+        the same hash and an artifact can be traced to the report of the run that made it.
+        """
+        h = hashlib.sha256()
+        scales = self.weight_scales
+        for layer in sorted(scales):
+            h.update(layer.encode() + b"\0")
+            h.update(np.ascontiguousarray(self.weight_ints(layer), np.int8).tobytes())
+            h.update(np.ascontiguousarray(scales[layer], np.float64).tobytes())
+        for point, q in sorted(self.activation_ranges.items()):
+            h.update(f"{point}:{float(q.scale)!r}:{q.zero_point}:{q.qmin}:{q.qmax}".encode())
+        h.update(("float:" + ",".join(self.float_layers)).encode())
+        return h.hexdigest()
 
     # ---- report -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""The plan's public API converters use: emulation, the full-integer variant, frozen export
+models, the hash; and the one module that runs models over batches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mnv4_deploy.batches import run_chunked, torch_logits, torch_runner
+from mnv4_deploy.quant.modules import QuantWeighted
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest: small tensors, shared VM
+
+
+def _logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_emulation_is_the_fake_quant_model(digits_plans):
+    plan = digits_plans.plan()
+    x = digits_plans.net.x_heldout[:16]
+    np.testing.assert_array_equal(plan.emulation()(x), _logits(plan.fake_quant_model(), x))
+
+
+def test_full_integer_variant_is_made_once_and_quantizes_the_logits(digits_plans):
+    plan = digits_plans.plan()
+    full = plan.with_quantized_output()
+    assert plan.with_quantized_output() is full  # every full-integer target of a run shares it
+    assert full.with_quantized_output() is full
+    out_points = set(full.activation_ranges) - set(plan.activation_ranges)
+    assert out_points, "the variant enables the output point"
+    x = digits_plans.net.x_heldout[:16]
+    logits = full.emulation()(x)
+    grid = full.activation_ranges[sorted(out_points)[0]]
+    steps = logits / grid.scale + grid.zero_point  # every logit sits on the output grid
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+
+
+@pytest.mark.parametrize("int8_container", [False, True])
+def test_export_model_freezes_weights_and_changes_no_number(digits_plans, int8_container):
+    """Frozen layers with quantized_decomposed ops compute exactly the fake-quant model."""
+    from mnv4_deploy.quant.decomposed import DecomposedQDQOps
+    from mnv4_deploy.quant.modules import QuantOps
+
+    plan = digits_plans.plan()
+    x = digits_plans.net.x_heldout[:16]
+    expected = _logits(plan.fake_quant_model(), x)
+    for ops in (QuantOps(), DecomposedQDQOps(int8_container=int8_container)):
+        model = plan.export_model(ops)
+        np.testing.assert_array_equal(_logits(model, x), expected)
+    layers = [m for m in model.modules() if isinstance(m, QuantWeighted)]
+    assert layers and all(m.frozen for m in layers)
+    buffers = {name.rpartition(".")[2] for name, _ in model.named_buffers()}
+    assert not buffers & {"weight", "bias", "bias_q"}  # no float copy is left for an export to carry
+    assert {"weight_int", "weight_scale", "weight_zero_point", "frozen_bias"} <= buffers
+    assert plan.fake_quant_model().get_submodule(plan.layers[0]).frozen is False  # the plan itself is untouched
+
+
+def test_a_float_layer_cannot_be_frozen(digits_plans):
+    from mnv4_deploy.quant.modules import QuantOps
+
+    plan = digits_plans.plan()
+    variant = plan.with_float([plan.layers[0]], recorrect=False)
+    ops = QuantOps()
+    kept = variant.export_model(ops).get_submodule(plan.layers[0])
+    assert not kept.frozen and kept.ops is ops and kept.weight is not None  # float layers stay float
+    with pytest.raises(ValueError, match="only a quantized layer can be frozen"):
+        kept.freeze()
+
+
+def test_plan_hash_follows_the_plan_numbers(digits_plans):
+    plan = digits_plans.plan()
+    assert plan.sha256 == plan.sha256 and len(plan.sha256) == 64
+    assert plan.with_float([plan.layers[2]], recorrect=False).sha256 != plan.sha256
+    assert plan.with_quantized_output().sha256 != plan.sha256  # one more activation grid
+
+
+def test_run_chunked_gives_each_image_its_own_row():
+    tensors = np.arange(70 * 3, dtype=np.float32).reshape(70, 3, 1, 1)
+    calls = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return batch.reshape(len(batch), 3) * 2
+
+    out = run_chunked(run, tensors, chunk=32)
+    assert calls == [32, 32, 6]
+    np.testing.assert_array_equal(out, tensors.reshape(70, 3) * 2)
+
+
+def test_torch_runners_agree_with_the_module(digits_plans):
+    model, x = digits_plans.canonical, digits_plans.net.x_heldout[:40]
+    expected = _logits(model, x)
+    np.testing.assert_allclose(torch_logits(model, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(torch_runner(model, one_thread=True)(x.astype(np.float64)), expected,
+                               rtol=1e-5, atol=1e-5)  # float64 input is cast, as every runner takes float32
