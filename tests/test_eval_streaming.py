@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from mnv4_deploy import data, evaluation, validate
+from mnv4_deploy import data, eval_stage, evaluation, validate
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.preprocess import Preprocess
 from mnv4_deploy.streaming import ChunkDecoder
@@ -422,3 +422,31 @@ def test_reused_reference_recomputes_chunks_whose_files_changed(labeled_dir, tmp
     assert reference.images == 11  # only that chunk ran the reference again
     assert records.common["file_sha256"][-1] == data.file_sha256(victim)
     assert len(records.sides["reference"]["top1"]) == len(ref_before)
+
+
+def test_export_again_into_the_same_out_reuses_the_reference_records(unsharded, labeled_dir, tmp_path):
+    import mnv4_deploy
+
+    out, report = unsharded
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    lines: list[str] = []
+    rerun = mnv4_deploy.export(tiny_model(), "onnx", again, contract=CONTRACT, name="tiny", eval_data=labeled_dir,
+                               log=lines.append, eval_options={"workers": 0})
+    assert any("reference records of 75 image(s) reused" in line for line in lines)
+    assert rerun.results[0].accuracy == report.results[0].accuracy
+    for name in ("reference.npz", "onnx.npz"):
+        assert sha(again / "eval" / name) == sha(out / "eval" / name)
+    key = json.loads((again / "eval" / "meta.json").read_text())["reference_key"]
+    assert key["eval_images"] == 75 and "channels_last" in key["reference_runner"]
+
+
+def test_model_hash_sees_every_weight_and_the_channels_last_copy_leaves_the_model_alone():
+    model = tiny_model()
+    before = eval_stage.model_sha256(model)
+    copy = eval_stage.reference_model(model)
+    assert copy.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.conv.weight.is_contiguous() and eval_stage.model_sha256(model) == before
+    with torch.no_grad():
+        model.norm.running_var[0] += 1e-3  # a buffer, not a parameter
+    assert eval_stage.model_sha256(model) != before
