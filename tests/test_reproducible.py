@@ -32,8 +32,8 @@ def _check_identical(first, second, targets):
     a = {r.target: r for r in first.results}
     b = {r.target: r for r in second.results}
     for target in targets:
-        if a[target].status == "export_failed":
-            continue  # judged by the target's own tests; nothing to compare
+        for run in (a, b):  # a failed export has no bytes to compare: that is a failure, not a pass
+            assert run[target].status != "export_failed", f"{target}: export failed: {run[target].reason}"
         declared = a[target].reproducibility()
         assert declared["reproducible"] is not None, f"{target}: the converter does not declare reproducibility"
         if declared["reproducible"] is False:
@@ -60,7 +60,7 @@ import json, sys
 from mnv4_deploy import export
 r = export("conv_small", sys.argv[1].split(","), sys.argv[2], img_size=int(sys.argv[3]), golden_count=3,
            calib_data=sys.argv[4], calib_size=8, log=lambda _: None)
-print(json.dumps({x.target: [x.status, x.sha256] for x in r.results}))
+print(json.dumps({x.target: [x.status, x.sha256, x.reason] for x in r.results}))
 """
 
 
@@ -78,9 +78,8 @@ def test_every_installed_target_reexports_byte_identically_across_processes(tmp_
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     declared = {a["target"]: a["reproducibility"] for a in manifest["artifacts"]}
     for target in targets:
-        (status_a, sha_a), (_, sha_b) = runs[0][target], runs[1][target]
-        if status_a == "export_failed":
-            continue
+        (status_a, sha_a, reason_a), (status_b, sha_b, reason_b) = runs[0][target], runs[1][target]
+        assert "export_failed" not in (status_a, status_b), f"{target}: export failed: {reason_a or reason_b}"
         if declared[target]["reproducible"] is False:
             assert declared[target]["reason"]
             continue
