@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mnv4_deploy.errors import DeployError, UsageError
+from mnv4_deploy.provenance import byte_identical, own_version
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
 INPUT_NAME = "input"
@@ -21,8 +22,7 @@ _BACKENDS = ("onnx", "onnxruntime", "onnxsim")
 
 
 # Declared in every artifact's metadata, carried by the manifest (tests/test_reproducible.py checks the bytes)
-REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for the same model, options and tool "
-                "versions: torch.onnx export and onnxsim are deterministic and ONNX stores no timestamps"}
+REPRODUCIBLE = byte_identical("torch.onnx export and onnxsim are deterministic and ONNX stores no timestamps")
 
 
 # onnxsim passes that fuse hand-written attention (q/k/v projections, matmul, softmax) into
@@ -58,20 +58,11 @@ def export_float_onnx(model: Any, example: Any, path: Path, opset: int, dynamic_
         if not ok:
             raise DeployError("onnxsim could not verify the simplified model", "retry with --no-simplify")
         proto, simplified = candidate, True
-    proto.producer_name, proto.producer_version = "mnv4-deploy", _own_version()
+    proto.producer_name, proto.producer_version = "mnv4-deploy", own_version()
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return {"opset": opset, "simplified": simplified, "dynamic_batch": dynamic_batch,
             "input": INPUT_NAME, "output": OUTPUT_NAME, "op_histogram": op_histogram(proto)}
-
-
-def _own_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mnv4-deploy")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def op_histogram(proto: Any) -> dict[str, int]:

@@ -24,7 +24,7 @@ from .calibration_stream import calibration_set
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
 from .recipes import Recipe, load_recipe
-from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, find_targets,
+from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, build_order, find_targets,
                        load_target, parse_targets, target_for_artifact)
 from .report import (ACCURACY_FAILED, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT, VALIDATION_FAILED,
                      Report, TargetResult)
@@ -226,6 +226,7 @@ def run_target(conv: Converter, ctx: RunContext) -> TargetResult:
         return result
     ctx.artifacts[conv.info.name] = artifact
     result.metadata = artifact.metadata
+    result.extra_judgements = list(artifact.extra_judgements)
     result.precision = artifact.precision  # judged as what it is (openvino --openvino-fp16-weights: fp16)
     return judge_artifact(conv, artifact, ctx, result)
 
@@ -428,9 +429,10 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
                                         sensitivity_images=sensitivity_images)
         report = _new_report(ctx)
         try:
-            for conv in converters:
+            for conv in _upstream_first(converters):
                 step(f"target {conv.info.name}")
                 report.results.append(run_target(conv, ctx))
+            _in_user_order(report, converters)
             if ctx.eval_stage is not None:
                 step("evaluation (one pass, every target)")
                 ctx.evaluation = None  # the held images served the conversions; the pass streams its own
@@ -441,10 +443,23 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
             report.results += [TargetResult(target=c.info.name, precision=c.info.precision, status=SKIPPED,
                                             reason="interrupted", exit_code=EXIT_OTHER)
                                for c in converters if c.info.name not in done]
+            _in_user_order(report, converters)
             report.write(out_dir)
             raise
         report.write(out_dir)
         return report
+
+
+def _upstream_first(converters: Sequence[Converter]) -> list[Converter]:
+    """The run order: a target built from another's artifact after it (registry.build_order)."""
+    by_name = {c.info.name: c for c in converters}
+    return [by_name[n] for n in build_order(list(by_name))]
+
+
+def _in_user_order(report: Report, converters: Sequence[Converter]) -> None:
+    """Rows in the order the targets were asked for, whatever order they were built in."""
+    position = {c.info.name: i for i, c in enumerate(converters)}
+    report.results.sort(key=lambda r: position.get(r.target, len(position)))
 
 
 def _check_artifact_io(description: Mapping[str, Any], prepared: PreparedModel, path: Path) -> None:

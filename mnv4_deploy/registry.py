@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from .errors import BackendMissing, DeployError, UsageError
+from .judgement import Judgement
 
 ENTRY_POINT_GROUP = "mnv4_deploy.converters"
 
@@ -111,6 +112,8 @@ class Artifact:
     emulation: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
     emulation_bounds: str = "emulation"  # recipe parity key judging it against `emulation` ("emulation_fp16": fp16 compute)
     companions: tuple[Path, ...] = ()  # extra files moved next to `path` (e.g. a bundle's .tar.gz)
+    # what the converter judged beside the artifact (e.g. the BPU's board forecasts): rows under its own
+    extra_judgements: tuple[Judgement, ...] = ()
 
 
 @dataclass
@@ -224,3 +227,26 @@ def target_rows(eps: Mapping[str, EntryPoint] | None = None) -> list[dict[str, A
                      "installed": not missing, "missing": missing, "extra": info.extra,
                      "description": info.description, "source": ep.value})
     return rows
+
+
+def build_order(names: Sequence[str], eps: Mapping[str, EntryPoint] | None = None) -> list[str]:
+    """`names` reordered so a target built from another's artifact (its `upstream`) comes after it.
+
+    Otherwise the user's order is kept. Every entry point that converts several targets uses
+    this, so `--to tflite-fp16,tflite` converts the float model once, as `--to tflite,tflite-fp16` does.
+    """
+    eps = find_targets() if eps is None else eps
+    upstream = {n: load_target(n, eps).info.upstream for n in names}
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        up = upstream[name]
+        if up in upstream and up != name:
+            visit(up)
+        ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return ordered

@@ -20,6 +20,8 @@ import numpy as np
 
 from mnv4_deploy.artifacts import sha256_path
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy.judgement import Judgement
+from mnv4_deploy.provenance import reproducible
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
 from . import bundle as bundle_files
@@ -122,9 +124,10 @@ class BpuConverter:
             archive = write_tar_gz(path, job.workdir / f"{path.name}.tar.gz")
             meta["archive"] = {"file": archive.name, "sha256": sha256_path(archive)}
             companions = (archive,)
-        meta.update(reproducible=True, reproducible_reason="every bundle file is deterministic for the same model, "
-                    "options, calibration images and tool versions; --archive sorts entries and fixes mtime/owner")
-        return Artifact(self.info.name, path, self.info.precision, meta, companions=companions)
+        meta.update(reproducible("every bundle file is deterministic for the same model, options, calibration "
+                                 "images and tool versions; --archive sorts entries and fixes mtime/owner"))
+        return Artifact(self.info.name, path, self.info.precision, meta, companions=companions,
+                        extra_judgements=forecast_judgements(meta["emulated"]))
 
     # ---- judge --------------------------------------------------------------------------
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
@@ -139,6 +142,14 @@ class BpuConverter:
             return out.reshape(out.shape[0], -1)
 
         return Runner(run=run, runtime=f"{inner.runtime}, the bundle's float ONNX")
+
+
+def forecast_judgements(forecasts: list[dict[str, Any]]) -> tuple[Judgement, ...]:
+    """The board forecasts (NV12 input, emulated int8) as extra judged rows of the report; an int8
+    forecast outside the run's int8 bounds says so in its notes (informative: it does not gate)."""
+    return tuple(Judgement(name=v["name"], label=v.get("label", ""), parity=v["parity"], accuracy=v.get("accuracy"),
+                           notes=tuple(v.get("int8_bound_failures", ())), images=v.get("images"), on=v.get("on"))
+                 for v in forecasts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,4 +167,4 @@ def __getattr__(attr: str) -> Any:
     raise AttributeError(attr)
 
 
-__all__ = ["BPU_INPUTS", "BpuConverter", "converter_for"]
+__all__ = ["BPU_INPUTS", "BpuConverter", "converter_for", "forecast_judgements"]

@@ -5,6 +5,7 @@ import contextlib
 import os
 from typing import Iterator
 
+from mnv4_deploy import provenance
 from mnv4_deploy.errors import UsageError
 
 METADATA_NAME = "mnv4_deploy.preprocess"
@@ -12,8 +13,7 @@ METADATA_SCHEMA = "mnv4_deploy.preprocess/1"
 LAYOUTS = ("nhwc", "nchw")
 NUM_THREADS = 2
 # Declared in every TFLite artifact's metadata, carried by the manifest (tests/test_reproducible.py checks bytes)
-REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for the same model, options and tool "
-                "versions: the flatbuffer stores no timestamps and the embedded contract is sorted JSON"}
+REPRODUCIBLE = provenance.byte_identical("the flatbuffer stores no timestamps and the embedded contract is sorted JSON")
 _PACKAGES = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
 
 
@@ -24,15 +24,8 @@ def check_layout(layout: str) -> None:
 
 
 def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in _PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    """The versions of the packages a TFLite artifact is made with (embedded in it and its report)."""
+    return provenance.tool_versions(_PACKAGES)
 
 
 @contextlib.contextmanager
