@@ -19,7 +19,7 @@ from . import pipeline
 from .errors import (EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_OUTPUT_IN_USE, EXIT_PARITY, EXIT_USAGE, DeployError,
                      UsageError)
 from .progress import Progress
-from .registry import ExportOptions, TargetLoadError, find_targets, load_target, parse_targets
+from .registry import ExportOptions, TargetLoadError, build_order, find_targets, load_target, parse_targets
 from .report import (ACCURACY_FAILED, BACKEND_MISSING, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT,
                      VALIDATION_FAILED, Report, TargetResult)
 
@@ -115,25 +115,7 @@ def select_targets(names: Sequence[str], spec: MatrixSpec, explicit: bool) -> Se
             rows[name] = TargetResult(name, info.precision, SKIPPED, reason="needs calibration images (--calib-data)")
         else:
             runnable.append(name)
-    return Selection(_upstream_first(runnable, eps), rows, list(names))
-
-
-def _upstream_first(names: list[str], eps: Any) -> list[str]:
-    """Order targets so that one built from another's artifact comes after it."""
-    convs = {n: load_target(n, eps) for n in names}
-    ordered: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in ordered:
-            return
-        up = convs[name].info.upstream
-        if up in convs:
-            visit(up)
-        ordered.append(name)
-
-    for n in names:
-        visit(n)
-    return ordered
+    return Selection(build_order(runnable, eps), rows, list(names))
 
 
 # ---- one model --------------------------------------------------------------------------------

@@ -5,22 +5,13 @@ merge of many runners' outputs all produce the same table, Markdown and HTML.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from .errors import EXIT_ACCURACY, EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_PARITY
-from .report import STATUS_TEXT
+from .errors import EXIT_OK
+from .report import STATUS_TEXT, text_columns
 
 HEADER = ["model", "target", "status", "size MB", "cosine", "max abs", "top-1", "top-5", "drop pt (95% CI)",
           "latency ms", "FPS", "note"]
-
-
-def worst_exit_code(codes: Iterable[int]) -> int:
-    """The same precedence as a single report: export failure, backend, parity, accuracy."""
-    codes = list(codes)
-    for code in (EXIT_OTHER, EXIT_BACKEND, EXIT_PARITY, EXIT_ACCURACY):
-        if code in codes:
-            return code
-    return max(codes, default=EXIT_OK)
 
 
 def _note(result: dict[str, Any]) -> str:
@@ -74,11 +65,7 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    cells = table_cells(rows)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(text_columns(table_cells(rows), rule=True))
 
 
 def summary_lines(reports: Sequence[dict[str, Any]]) -> list[str]:

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .artifacts import ensure_writable_dir, sha256_path, write_json_atomic, write_text_atomic
+from .checksums import SUMS_FILE, artifact_sums
 from .errors import EXIT_OK, EXIT_OTHER, UsageError
-from .matrix import pair_rows, to_markdown, worst_exit_code
+from .matrix import pair_rows, to_markdown
+from .report import worst_exit_code
 
 MERGED_KIND = "merged"
 
@@ -70,15 +72,8 @@ def verify(part: Part) -> list[str]:
 
 
 def _sha256sums(parts: Sequence[Part], out: Path) -> str:
-    lines = []
-    for part in parts:
-        for art in part.manifest.get("artifacts", []):
-            path = part.dir / (art.get("file") or "")
-            if not art.get("file") or not path.exists():
-                continue
-            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-            lines += [f"{sha256_path(f)}  {Path(os.path.relpath(f, out)).as_posix()}" for f in files]
-    return "".join(line + "\n" for line in lines)
+    return artifact_sums((part.dir / art["file"] for part in parts for art in part.manifest.get("artifacts", [])
+                          if art.get("file")), out)
 
 
 def merge(dirs: Sequence[str | Path], out: str | Path, extra: dict[str, Any] | None = None,
@@ -114,7 +109,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, extra: dict[str, Any] | N
               "interrupted": interrupted, "problems": problems, **(extra or {}), "rows": rows, "reports": reports}
     all_notes = [*notes, *(f"PROBLEM: {p}" for p in problems)]
     write_json_atomic(out / "manifest.json", manifest)
-    write_text_atomic(out / "SHA256SUMS", _sha256sums(parts, out.resolve()))
+    write_text_atomic(out / SUMS_FILE, _sha256sums(parts, out.resolve()))
     write_json_atomic(out / "report.json", merged)
     write_text_atomic(out / "report.md", to_markdown(rows, reports, code, all_notes))
     write_text_atomic(out / "report.html", render(merged))

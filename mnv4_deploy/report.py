@@ -1,14 +1,15 @@
-"""Report rows, their JSON/Markdown/console forms, the manifest and SHA256SUMS."""
+"""Report rows, their JSON/Markdown/console forms, the manifest and SHA256SUMS; exit-code precedence."""
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field, fields
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
-from .artifacts import sha256_path, write_json_atomic, write_text_atomic
+from .artifacts import write_json_atomic, write_text_atomic
+from .checksums import SUMS_FILE, artifact_sums
 from .errors import EXIT_ACCURACY, EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_PARITY
+from .judgement import Judgement
+from .provenance import package_versions, reproducibility
 
 PASSED = "passed"
 VALIDATION_FAILED = "validation_failed"
@@ -28,26 +29,27 @@ STATUS_TEXT = {
     BACKEND_MISSING: "backend not installed",
 }
 
-# Packages whose versions decide what an artifact contains; read from metadata, never imported.
-TRACKED_PACKAGES = ("mnv4-deploy", "torch", "timm", "numpy", "onnx", "onnxsim", "onnxruntime", "onnxscript",
-                    "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "tensorflow-cpu", "coremltools")
+# Which failure a run's (or a matrix's) exit code reports when several happened: an export that
+# failed outright first, then a missing backend, then parity, then accuracy.
+EXIT_PRECEDENCE = (EXIT_OTHER, EXIT_BACKEND, EXIT_PARITY, EXIT_ACCURACY)
 
 
-def _display_path(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:  # a validated artifact outside the report's directory
-        return path.as_posix()
+def worst_exit_code(codes: Iterable[int]) -> int:
+    """The one exit code for many outcomes: the first of EXIT_PRECEDENCE present, else the highest."""
+    codes = list(codes)
+    for code in EXIT_PRECEDENCE:
+        if code in codes:
+            return code
+    return max(codes, default=EXIT_OK)
 
 
-def package_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
+def text_columns(rows: Sequence[Sequence[str]], rule: bool = False) -> list[str]:
+    """Rows of cells as left-aligned text columns; `rule`: a dashed line under the first (header) row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TargetResult:
     seconds_validate: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] | None = None  # benchmark timing on the host runtime (batch 1)
+    extra_judgements: list[Judgement] = field(default_factory=list)  # e.g. the BPU's board forecasts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,28 +83,25 @@ class TargetResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TargetResult":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        result = cls(**{k: v for k, v in data.items() if k in known})
+        result.extra_judgements = [Judgement.from_dict(j) for j in data.get("extra_judgements") or []]
+        return result
 
     def reproducibility(self) -> dict[str, Any]:
         """What the converter says about re-exporting byte-identically (None: it does not say)."""
-        meta = self.metadata or {}
-        return {"reproducible": meta.get("reproducible"),
-                "reason": meta.get("reproducible_reason") or (None if "reproducible" in meta
-                                                              else "not declared by the converter")}
+        return reproducibility(self.metadata)
 
 
-def _emulated_row(target: str, v: dict[str, Any], with_emu: bool, with_acc: bool, with_lat: bool) -> list[str]:
-    """A forecast a converter measured beside its artifact (e.g. the BPU's NV12 input and
-    emulated int8): not an artifact, so no status, size or gate; parity and accuracy only."""
-    p, a = v.get("parity") or {}, v.get("accuracy") or {}
+def _judgement_row(target: str, j: Judgement, with_emu: bool, with_acc: bool, with_lat: bool) -> list[str]:
+    """An extra judged row under its artifact's: parity and accuracy only (no status, size or gate)."""
+    p, a = j.parity, j.accuracy or {}
     acc = ([f"{a['top1']:.2f}", f"{a['top5']:.2f}",
             f"{a['drop_top1']:+.2f} ({a['drop_top1_ci95'][0]:+.2f}, {a['drop_top1_ci95'][1]:+.2f})"]
            if a else ["-", "-", "-"]) if with_acc else []
-    note = "; ".join([v.get("label", ""), *v.get("int8_bound_failures", [])])
-    return [f"{target} [{v['name']}]", "emulated here", "-", f"{p['cosine']:.6f}" if "cosine" in p else "-",
+    return [f"{target} [{j.name}]", "emulated here", "-", f"{p['cosine']:.6f}" if "cosine" in p else "-",
             f"{p['max_abs']:.2e}" if "max_abs" in p else "-", f"{p['sqnr_db']:.1f}" if "sqnr_db" in p else "-",
             f"{p['top1_agreement']:.3f}" if "top1_agreement" in p else "-", *(["-"] if with_emu else []), *acc,
-            *(["-", "-"] if with_lat else []), note[:120]]
+            *(["-", "-"] if with_lat else []), j.note()[:120]]
 
 
 @dataclass
@@ -123,12 +123,8 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """Export failures first, then missing backends, parity, accuracy."""
-        codes = [r.exit_code for r in self.results]
-        for code in (EXIT_OTHER, EXIT_BACKEND, EXIT_PARITY, EXIT_ACCURACY):
-            if code in codes:
-                return code
-        return max(codes, default=EXIT_OK)
+        """Export failures first, then missing backends, parity, accuracy (EXIT_PRECEDENCE)."""
+        return worst_exit_code(r.exit_code for r in self.results)
 
     @property
     def passed(self) -> bool:
@@ -184,15 +180,11 @@ class Report:
                 *lat_cells,
                 note[:120],
             ])
-            rows += [_emulated_row(r.target, v, with_emu, with_acc, with_lat) for v in r.metadata.get("emulated", [])]
+            rows += [_judgement_row(r.target, j, with_emu, with_acc, with_lat) for j in r.extra_judgements]
         return rows
 
     def format_table(self) -> str:
-        rows = self.table_rows()
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return "\n".join(text_columns(self.table_rows(), rule=True))
 
     def summary_lines(self) -> list[str]:
         if not self.contract:  # the model never loaded: only the rows say what happened
@@ -250,14 +242,7 @@ class Report:
 
     def sha256sums(self, out_dir: Path) -> str:
         """`sha256sum -c`-compatible lines for every artifact file (directory artifacts file by file)."""
-        lines = []
-        for r in self.results:
-            if not r.artifact or not (out_dir / r.artifact).exists():
-                continue
-            root = out_dir / r.artifact
-            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-            lines += [f"{sha256_path(f)}  {_display_path(f, out_dir)}" for f in files]
-        return "".join(line + "\n" for line in lines)
+        return artifact_sums((out_dir / r.artifact for r in self.results if r.artifact), out_dir)
 
     def write(self, out_dir: Path) -> list[Path]:
         written = [
@@ -265,5 +250,5 @@ class Report:
             write_text_atomic(out_dir / "report.md", self.to_markdown()),
             write_json_atomic(out_dir / "manifest.json", self.manifest()),
         ]
-        written.append(write_text_atomic(out_dir / "SHA256SUMS", self.sha256sums(out_dir)))
+        written.append(write_text_atomic(out_dir / SUMS_FILE, self.sha256sums(out_dir)))
         return written

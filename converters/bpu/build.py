@@ -110,7 +110,7 @@ def build_bundle(job: ConvertJob, row: TargetRow, path: Path, opset: int, input_
     op_check = {"ok": check.ok, "off_bpu": [f"{n.name} ({n.op_type}): {n.kind}" for n in check.off_bpu]}
     forecast = {"on": sample.source, "images": int(len(sample.tensors)), "float": float_row, "variants": rows,
                 "int8_emulation": int8_facts, "readme_results": results}
-    from mnv4_deploy.report import package_versions
+    from mnv4_deploy.provenance import package_versions
 
     bundle_files.write_manifest(path, {
         "target": row.name, "march": march.name, "board": row.board,

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mnv4_deploy.artifacts import sha256_path
+from mnv4_deploy.checksums import SUMS_FILE, files_of, sha256sums
 from mnv4_deploy.errors import UsageError
 
 KIND = "mnv4-deploy hb_mapper bundle"
 MANIFEST = "manifest.json"
-SUMS = "SHA256SUMS"
+SUMS = SUMS_FILE
 SUFFIX = ".bpu"  # every bundle directory ends with .<march>.bpu
 
 
@@ -49,11 +50,8 @@ def write_manifest(bundle: Path, manifest: Mapping[str, Any]) -> Path:
 
 def write_sums(bundle: Path) -> Path:
     """SHA256SUMS over every file of the bundle but itself, sorted by path."""
-    files = sorted((p for p in bundle.rglob("*") if p.is_file() and p.name != SUMS),
-                   key=lambda p: p.relative_to(bundle).as_posix())
-    lines = [f"{sha256_path(p)}  {p.relative_to(bundle).as_posix()}\n" for p in files]
     path = bundle / SUMS
-    path.write_text("".join(lines))
+    path.write_text(sha256sums(files_of(bundle, skip={SUMS}), bundle))
     return path
 
 

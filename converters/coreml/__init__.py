@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy.provenance import reproducible
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
 
 from .compute_units import compute_unit_report, neural_engine_notes
@@ -43,9 +44,9 @@ __all__ = ["COREML_FP16", "COREML_FP32", "COREML_W8", "COREML_INT8", "CoremlConv
            "read_embedded_contract", "image_input_for", "with_channel_ratios", "to_pixels", "TARGETS",
            "CONTRACT_KEY", "LABELS_KEY", "INPUT_NAME", "IMAGE_INPUT_NAME", "OUTPUT_NAME", "LINUX_RUNTIME"]
 
-REPRODUCIBLE_REASON = ("byte-identical for the same model, options and tool versions, across processes: "
-                       "coremltools' random Manifest.json item UUIDs are replaced by path-derived ones, its "
-                       "conversion_date metadata key is removed and the spec is re-serialized with sorted maps")
+REPRODUCIBLE = reproducible("byte-identical for the same model, options and tool versions, across processes: "
+                            "coremltools' random Manifest.json item UUIDs are replaced by path-derived ones, its "
+                            "conversion_date metadata key is removed and the spec is re-serialized with sorted maps")
 
 
 NOTES_KEY = PREFIX + "neural_engine_notes"
@@ -120,8 +121,7 @@ class CoremlConverter:
         meta.update({"min_target": min_target, "spec_version": described["spec_version"],
                      "min_deployment_target": described["min_deployment_target"],
                      "inputs": described["inputs"], "outputs": described["outputs"],
-                     "op_histogram": described["op_histogram"], "reproducible": True,
-                     "reproducible_reason": REPRODUCIBLE_REASON})
+                     "op_histogram": described["op_histogram"], **REPRODUCIBLE})
         job.log(f"{self.info.name}: ML Program spec {described['spec_version']} "
                 f"({described['min_deployment_target']}), input {described['inputs'][0]['type']}")
         emulation = job.plan.emulation() if self.kind == "int8" else None

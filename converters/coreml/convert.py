@@ -40,6 +40,7 @@ import numpy as np
 
 from converters.coreml_mil import import_coremltools
 from mnv4_deploy.errors import BackendMissing, DeployError
+from mnv4_deploy.provenance import own_version
 
 INPUT_NAME = "input"
 IMAGE_INPUT_NAME = "image"
@@ -64,15 +65,6 @@ def tool_versions() -> dict[str, str]:
     import torch
 
     return {"coremltools": coremltools().__version__, "torch": torch.__version__, "mnv4-deploy": own_version()}
-
-
-def own_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mnv4-deploy")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 # ---------------------------------------------------------------- image input

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import DeployError, UsageError
+from mnv4_deploy.provenance import byte_identical
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, Runner, TargetInfo
 
 BACKENDS = ("executorch",)
 PACKAGES = ("executorch",)
-REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for the same model, options and tool "
-                "versions: torch.export and ExecuTorch's serializer are deterministic, the .pte stores no "
-                "timestamps and the embedded metadata is sorted JSON"}
+REPRODUCIBLE = byte_identical("torch.export and ExecuTorch's serializer are deterministic, the .pte stores no "
+                              "timestamps and the embedded metadata is sorted JSON")
 
 
 def _num_classes(job: ConvertJob) -> int:

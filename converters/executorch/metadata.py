@@ -6,20 +6,11 @@ without the report beside it. Light on purpose: no backend imports.
 """
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from mnv4_deploy.provenance import tool_versions
+
 SCHEMA = "mnv4_deploy.artifact/1"
-
-
-def tool_versions(packages: tuple[str, ...]) -> dict[str, str]:
-    found = {}
-    for name in packages:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def artifact_metadata(job: Any, target: str, precision: str, num_classes: int, plan: Any = None,

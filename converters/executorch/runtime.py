@@ -17,15 +17,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy.provenance import package_version
 from mnv4_deploy.registry import Runner
 
 from .lower import METADATA_METHOD
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("executorch")
 
 
 def set_threads(count: int) -> bool:
@@ -149,4 +144,4 @@ def pte_runner(path: Path) -> Runner:
             outputs.append(method.execute([chunk])[0].detach().numpy().astype(np.float32).copy())
         return np.concatenate(outputs)
 
-    return Runner(run=run, runtime=f"executorch {_version()} runtime (XNNPACK delegate, portable kernels)")
+    return Runner(run=run, runtime=f"executorch {package_version('executorch')} runtime (XNNPACK delegate, portable kernels)")

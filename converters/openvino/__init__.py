@@ -21,14 +21,14 @@ from typing import Any, Callable
 import numpy as np
 
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy.provenance import byte_identical
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, Runner, TargetInfo
 
 BACKENDS = ("openvino", "onnx", "onnxsim")
 PACKAGES = ("openvino", "onnx")
 ONNX_OPSET = 17  # the intermediate ONNX; OpenVINO reads opsets 7..22
-REPRODUCIBLE = {"reproducible": True, "reproducible_reason": "byte-identical for the same model, options and tool "
-                "versions: the ONNX is deterministic, OpenVINO reads it from memory (no path in the IR) and "
-                "serializes without timestamps; the embedded metadata is sorted JSON"}
+REPRODUCIBLE = byte_identical("the ONNX is deterministic, OpenVINO reads it from memory (no path in the IR) and "
+                              "serializes without timestamps; the embedded metadata is sorted JSON")
 
 
 def _num_classes(job: ConvertJob) -> int:

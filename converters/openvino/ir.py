@@ -20,17 +20,12 @@ from typing import Any
 import numpy as np
 
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy.provenance import package_version
 from mnv4_deploy.registry import Runner
 
 RT_KEY = ["mnv4_deploy", "metadata"]
 NUM_THREADS = 2
 _GENERATED = re.compile(r"^[A-Za-z0-9]+_\d+$")
-
-
-def ov_version() -> str:
-    from importlib.metadata import version
-
-    return version("openvino")
 
 
 def onnx_to_ir(onnx_path: Path, out_dir: Path, stem: str, metadata: dict[str, Any], fp16_weights: bool,
@@ -171,4 +166,4 @@ def ir_runner(path: Path) -> Runner:
             outputs.append(np.asarray(result[compiled.outputs[0]], dtype=np.float32).copy())
         return np.concatenate(outputs)
 
-    return Runner(run=run, runtime=f"openvino {ov_version()} CPU plugin ({NUM_THREADS} threads, fp32 inference precision)")
+    return Runner(run=run, runtime=f"openvino {package_version('openvino')} CPU plugin ({NUM_THREADS} threads, fp32 inference precision)")
