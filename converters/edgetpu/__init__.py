@@ -14,6 +14,7 @@ from .compiler import (
     MAPPED_STATUS,
     CompilerLog,
     CompilerLogRow,
+    EdgeTpuCompilerFailed,
     find_edgetpu_compiler,
     parse_compiler_log,
     parse_size,
@@ -22,7 +23,6 @@ from .compiler import (
 from .errors import (
     INSTALL_HINT,
     EdgeTpuCheckError,
-    EdgeTpuCompilerFailed,
     EdgeTpuCompilerMissing,
     NotAFlatbufferError,
     TfliteSchemaMissing,

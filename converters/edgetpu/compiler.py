@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import INSTALL_HINT, EdgeTpuCompilerFailed, EdgeTpuCompilerMissing
-from .flatbuffer import _read_flatbuffer_bytes
-from .report import _columns
+from mnv4_deploy.report import text_columns
+
+from .errors import INSTALL_HINT, EdgeTpuCheckError, EdgeTpuCompilerMissing
+from .flatbuffer import read_flatbuffer_bytes
 
 MAPPED_STATUS = "Mapped to Edge TPU"
 
@@ -92,10 +93,18 @@ class CompilerLog:
     def format_table(self) -> str:
         body = [(r.op, str(r.count), r.status) for r in self.rows]
         lines = [f"edgetpu_compiler {self.compiler_version or '?'}: {self.input_model or '?'}",
-                 *_columns([("Operator", "Count", "Status"), *body]),
+                 *text_columns([("Operator", "Count", "Status"), *body]),
                  f"{self.ops_on_edgetpu} ops on the EdgeTPU, {self.ops_on_cpu} on CPU; "
                  f"on-chip memory used {self.on_chip_memory_used}, compile time {self.compile_time_ms} ms"]
         return "\n".join(lines + [f"error: {e}" for e in self.errors])
+
+
+class EdgeTpuCompilerFailed(EdgeTpuCheckError):
+    """The compiler ran but produced no `_edgetpu.tflite`; `.log` holds what it printed."""
+
+    def __init__(self, message: str, hint: str | None = None, log: CompilerLog | None = None):
+        super().__init__(message, hint)
+        self.log = log
 
 
 def parse_size(text: str | None) -> int | None:
@@ -150,7 +159,7 @@ def run_edgetpu_compiler(tflite_path: str | Path, out_dir: str | Path, timeout_s
     if exe is None:
         raise EdgeTpuCompilerMissing("edgetpu_compiler is not installed here", hint=INSTALL_HINT)
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
-    _read_flatbuffer_bytes(tflite_path)  # refuse a bad file before spending a compiler run
+    read_flatbuffer_bytes(tflite_path)  # refuse a bad file before spending a compiler run
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run([exe, "-s", "-o", str(out_dir), str(tflite_path)],

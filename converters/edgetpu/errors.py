@@ -1,13 +1,9 @@
 """The EdgeTPU check's errors: one small family, each also a core DeployError so the CLI maps it
-to an exit code, and the compiler install hint they carry."""
+to an exit code, and the compiler install hint they carry. A failed compiler run carries the
+compiler's parsed log, so its error lives with the log in compiler.py."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mnv4_deploy.errors import BackendMissing, DeployError, UsageError
-
-if TYPE_CHECKING:
-    from .compiler import CompilerLog
 
 INSTALL_HINT = (
     "edgetpu_compiler runs only on 64-bit x86-64 Debian 6.0+/Ubuntu 10.0+ hosts; install it there with: "
@@ -33,11 +29,3 @@ class TfliteSchemaMissing(EdgeTpuCheckError, BackendMissing):
 
 class EdgeTpuCompilerMissing(EdgeTpuCheckError, BackendMissing):
     """`edgetpu_compiler` is not on PATH here (exit 5); the static check still works."""
-
-
-class EdgeTpuCompilerFailed(EdgeTpuCheckError):
-    """The compiler ran but produced no `_edgetpu.tflite`; `.log` holds what it printed."""
-
-    def __init__(self, message: str, hint: str | None = None, log: "CompilerLog | None" = None):
-        super().__init__(message, hint)
-        self.log = log

@@ -91,7 +91,7 @@ class TfliteGraph:
 def read_tflite(path: str | Path) -> TfliteGraph:
     """Parse a .tflite file into subgraph 0's operators; NotAFlatbufferError for anything else."""
     path = Path(path)
-    buf = _read_flatbuffer_bytes(path)
+    buf = read_flatbuffer_bytes(path)
     schema = _schema()
     try:
         model = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
@@ -114,7 +114,7 @@ def read_tflite(path: str | Path) -> TfliteGraph:
     )
 
 
-def _read_flatbuffer_bytes(path: Path) -> bytes:
+def read_flatbuffer_bytes(path: Path) -> bytes:
     """The file's bytes, refused with one line unless it carries the TFL3 identifier."""
     if not path.is_file():
         raise NotAFlatbufferError(f"{path}: no such file; expected a .tflite flatbuffer")

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from mnv4_deploy.report import text_columns
+
 from .flatbuffer import OpInfo, TfliteGraph, read_tflite
 from .rules import OP_TABLE, op_reasons
 
@@ -66,7 +68,7 @@ class EdgeTpuReport:
             f"first unsupported op: #{self.first_unmapped_index}" if self.first_unmapped_index is not None
             else "only float I/O conversions at the graph boundary stay on CPU")
         lines = [f"EdgeTPU static check: {self.model} (subgraph 0 of {self.n_subgraphs}, {c['ops']} ops)",
-                 *_columns([header, *body]),
+                 *text_columns([header, *body]),
                  f"{c['on_edgetpu']}/{c['ops']} ops on the EdgeTPU, {c['on_cpu']} on CPU; {verdict}"]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
@@ -94,11 +96,6 @@ def _shorten(reasons: Sequence[str], keep: int = 2) -> str:
     """The first reasons for the table; to_dict() keeps them all."""
     more = len(reasons) - keep
     return "; ".join(reasons[:keep]) + (f" (+{more} more)" if more > 0 else "")
-
-
-def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _is_float_boundary(op: OpInfo, graph: TfliteGraph) -> bool:

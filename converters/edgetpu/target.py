@@ -60,8 +60,7 @@ def compile_if_available(path: Path, job: ConvertJob) -> tuple[dict[str, Any], P
     The compiled model is the artifact's companion: the pipeline moves it beside the artifact
     with the same atomic move, so a failed export leaves neither behind.
     """
-    from .compiler import find_edgetpu_compiler, run_edgetpu_compiler
-    from .errors import EdgeTpuCompilerFailed
+    from .compiler import EdgeTpuCompilerFailed, find_edgetpu_compiler, run_edgetpu_compiler
 
     if find_edgetpu_compiler() is None:
         return {"ran": False, "reason": "edgetpu_compiler is not on PATH here (x86-64 Debian/Ubuntu only)"}, None
