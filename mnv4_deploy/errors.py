@@ -36,6 +36,16 @@ class ParityFailed(DeployError):
     exit_code = 3
 
 
+class OpsOffAccelerator(DeployError):
+    """`--strict`: an op would leave the accelerator (EdgeTPU, BPU), from `export` and `check` alike.
+
+    Exit 3, as for failed parity: the model would not run as asked on the device, which is a
+    verdict on the model, not a mistake on the command line (exit 2).
+    """
+
+    exit_code = ParityFailed.exit_code
+
+
 class AccuracyDropExceeded(DeployError):
     """An artifact lost more top-1 than the `--max-drop` budget allows (exit 4)."""
 

@@ -99,6 +99,9 @@ def test_digits_bundle_reports_float_nv12_and_int8_within_the_int8_bound(trained
     assert result.parity["cosine"] > 0.99999 and result.accuracy["drop_top1"] == 0.0  # the float ONNX
     rows = {v["name"]: v for v in result.metadata["emulated"]}
     assert set(rows) == {"nv12", "int8", "int8+nv12"} and result.metadata["forecast_on"] == "evaluation"
+    assert [(j.name, j.parity, j.accuracy) for j in result.extra_judgements] == [
+        (name, rows[name]["parity"], rows[name]["accuracy"]) for name in ("nv12", "int8", "int8+nv12")]
+    assert "bpu-x5 [int8+nv12]  emulated here" in report.format_table()
     for row in rows.values():
         assert row["accuracy"]["count"] == len(trained_digits.y_heldout)
         assert row["accuracy"]["top1"] > 90.0
@@ -200,7 +203,8 @@ def test_hybrid_attention_on_x3_is_refused_with_strict(tmp_path, image_dir):
     report = export("hybrid_medium", "bpu-x3", tmp_path, img_size=SMALL, calib_data=image_dir,
                     options=ExportOptions(strict=True), log=lambda _: None)
     result = report.result("bpu-x3")
-    assert result.status == "export_failed" and result.exit_code == 2 and report.exit_code != 0
+    # --strict is a verdict on the model (exit 3, as `check --strict` gives), not bad input (2)
+    assert result.status == "export_failed" and result.exit_code == 3 and report.exit_code == 3
     assert "--strict" in result.reason and "on bernoulli2" in result.reason
     for op in ("Softmax", "Transpose", "Reshape"):
         assert op in result.reason
@@ -261,6 +265,9 @@ def test_conv_bundles_on_both_marches(model, target, tmp_path, image_dir):
     assert manifest["op_check"]["ok"] and manifest["onnx"]["conv_head"]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert {v["name"] for v in saved["results"][0]["metadata"]["emulated"]} == {"nv12", "int8", "int8+nv12"}
+    # the report lists them as typed extra judged rows under the bundle's row (report.md and report.json)
+    assert [j["name"] for j in saved["results"][0]["extra_judgements"]] == ["nv12", "int8", "int8+nv12"]
+    assert f"| {target} [int8] | emulated here |" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mnv4_deploy.errors import UsageError
+from mnv4_deploy.errors import OpsOffAccelerator, UsageError
 
 from .march import March, OpCheck, check_onnx_ops
 
@@ -160,8 +160,9 @@ def enforce_op_policy(check: OpCheck, strict: bool, log: Callable[[str], None]) 
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     summary = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()))
     if strict:
-        raise UsageError(f"--strict: {len(check.off_bpu)} node(s) would run on the CPU on {check.march}: {summary}",
-                         "drop --strict to build a hybrid BPU+CPU model, or use a model without these ops")
+        raise OpsOffAccelerator(f"--strict: {len(check.off_bpu)} node(s) would run on the CPU on {check.march}: "
+                                f"{summary}", "drop --strict to build a hybrid BPU+CPU model, or use a model "
+                                "without these ops")
     note = f"{len(check.off_bpu)} node(s) run on the CPU on {check.march}, not the BPU: {summary}"
     log(f"warning: {note}")
     return [note]

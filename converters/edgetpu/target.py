@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mnv4_deploy.errors import UsageError
+from mnv4_deploy.errors import OpsOffAccelerator, UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
 from ..tflite.common import REPRODUCIBLE
@@ -117,16 +117,16 @@ class EdgeTpuConverter(TfliteArtifacts):
         meta["edgetpu_static_check"] = check
         if job.options.strict and not check["fully_mapped"]:
             first = check["first_cpu_op"]
-            raise UsageError(f"--strict: ops the EdgeTPU cannot run: "
-                             f"{', '.join(f'{op} x{n}' for op, n in check['unsupported_ops'].items())}; first "
-                             f"#{first['index']} {first['op']} ({first['reasons'][0]}), so "
-                             f"{check['counts']['on_cpu']} of {check['counts']['ops']} ops would run on the CPU",
-                             "use a conv variant, or drop --strict to accept the CPU fallback")
+            raise OpsOffAccelerator(f"--strict: ops the EdgeTPU cannot run: "
+                                    f"{', '.join(f'{op} x{n}' for op, n in check['unsupported_ops'].items())}; first "
+                                    f"#{first['index']} {first['op']} ({first['reasons'][0]}), so "
+                                    f"{check['counts']['on_cpu']} of {check['counts']['ops']} ops would run on the CPU",
+                                    "use a conv variant, or drop --strict to accept the CPU fallback")
         compiled, compiled_model = compile_if_available(path, job)
         meta["edgetpu_compiler"] = compiled
         if job.options.strict and compiled.get("succeeded") and compiled["log"].get("ops_on_cpu"):
-            raise UsageError(f"--strict: edgetpu_compiler left {compiled['log']['ops_on_cpu']} op(s) on the CPU",
-                             "see the compiler table in the report, or drop --strict")
+            raise OpsOffAccelerator(f"--strict: edgetpu_compiler left {compiled['log']['ops_on_cpu']} op(s) on the CPU",
+                                    "see the compiler table in the report, or drop --strict")
         mapped = check["counts"]["on_edgetpu"]
         job.log(f"edgetpu static check: {mapped}/{check['counts']['ops']} ops map to the EdgeTPU"
                 + ("" if check["fully_mapped"] else f"; first CPU op #{check['first_cpu_op']['index']} "

@@ -144,4 +144,5 @@ def pte_runner(path: Path) -> Runner:
             outputs.append(method.execute([chunk])[0].detach().numpy().astype(np.float32).copy())
         return np.concatenate(outputs)
 
-    return Runner(run=run, runtime=f"executorch {package_version('executorch')} runtime (XNNPACK delegate, portable kernels)")
+    return Runner(run=run,
+                  runtime=f"executorch {package_version('executorch')} runtime (XNNPACK delegate, portable kernels)")

@@ -166,4 +166,5 @@ def ir_runner(path: Path) -> Runner:
             outputs.append(np.asarray(result[compiled.outputs[0]], dtype=np.float32).copy())
         return np.concatenate(outputs)
 
-    return Runner(run=run, runtime=f"openvino {package_version('openvino')} CPU plugin ({NUM_THREADS} threads, fp32 inference precision)")
+    return Runner(run=run, runtime=f"openvino {package_version('openvino')} CPU plugin ({NUM_THREADS} threads, "
+                                   "fp32 inference precision)")
