@@ -13,7 +13,8 @@ import numpy as np
 
 from mnv4_deploy.errors import DeployError, UsageError
 from mnv4_deploy.provenance import byte_identical, own_version
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+from mnv4_deploy.options import TargetOption
+from mnv4_deploy.registry import Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, TargetInfo
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -149,7 +150,7 @@ def ort_runner(path: Path) -> Runner:
     return Runner(run=run, runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)")
 
 
-class OnnxConverter:
+class OnnxConverter(Converter):
     """Float ONNX export (fp32 or fp16) of the canonical model."""
 
     def __init__(self, info: TargetInfo, fp16: bool):
@@ -178,7 +179,7 @@ class OnnxConverter:
         return describe_onnx(path)
 
 
-class OnnxInt8Converter:
+class OnnxInt8Converter(Converter):
     """Static int8 QDQ ONNX expressing the run's quantization plan (ranges not recomputed by ORT)."""
 
     MIN_OPSET = 13  # per-channel DequantizeLinear (axis) needs opset 13
@@ -213,8 +214,9 @@ class OnnxInt8Converter:
         return describe_onnx(path)
 
 
-_COMMON = dict(format="onnx", backend_modules=_BACKENDS, extra="onnx",
-               options=("opset", "simplify", "dynamic_batch", "fold"))
+# shared with every target built through an ONNX export of its own (the BPU bundles)
+OPSET = TargetOption("opset", int, 17, "ONNX opset", panel="ONNX")
+_COMMON = dict(format="onnx", backend_modules=_BACKENDS, extra="onnx", options=(OPSET,), dynamic_batch=True)
 ONNX_FP32 = OnnxConverter(TargetInfo(name="onnx", precision="fp32", suffix=".onnx",
                                      description="ONNX fp32, onnxsim-simplified, run by onnxruntime", **_COMMON),
                           fp16=False)
@@ -223,5 +225,5 @@ ONNX_FP16 = OnnxConverter(TargetInfo(name="onnx-fp16", precision="fp16", suffix=
                           fp16=True)
 ONNX_INT8 = OnnxInt8Converter(TargetInfo(
     name="onnx-int8", format="onnx", precision="int8", suffix=".int8.onnx", backend_modules=_BACKENDS, extra="onnx",
-    needs_calibration=True, options=("opset",),
+    needs_calibration=True, options=(OPSET,), unfolded=False,
     description="ONNX static int8 (QDQ): per-channel weights, activation ranges from the run's plan"))

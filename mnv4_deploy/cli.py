@@ -6,17 +6,22 @@ the exit code their type carries (errors.py), in one place: `_guarded`.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 import sys
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
 from .errors import EXIT_OTHER, EXIT_USAGE, DeployError
+
+if TYPE_CHECKING:
+    from .options import TargetOption
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export MobileNet-V4 classifiers to deployable formats and prove each artifact matches PyTorch.")
@@ -72,7 +77,6 @@ DataOpt = Annotated[Optional[Path], typer.Option("--data", help="folder of image
                                                  "[default: seeded synthetic]")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="override the classifier size")]
 ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="override the input size (square)")]
-OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset")]
 CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="folder of images for int8 calibration "
                                                       "(recursive)")]
 CalibSizeOpt = Annotated[Optional[int], typer.Option("--calib-size", help="calibration images drawn (seeded) "
@@ -127,59 +131,101 @@ def _export_body(model: str, to: str, out: Optional[Path], quiet: bool, output: 
     return report.exit_code
 
 
-def export_command(
-    model: ModelOpt = "conv_small",
-    to: ToOpt = "onnx",
-    out: OutOpt = None,
-    weights: WeightsOpt = None,
-    pretrained: PretrainedOpt = False,
-    data: DataOpt = None,
-    num_classes: NumClassesOpt = None,
-    img_size: ImgSizeOpt = None,
-    opset: OpsetOpt = 17,
-    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="run onnxsim")] = True,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="dynamic batch axis")] = False,
-    fold: Annotated[bool, typer.Option("--fold/--no-fold", help="fold BatchNorm/LayerScale")] = True,
-    image_input: Annotated[bool, typer.Option("--image-input", help="CoreML: image (pixel) input, the contract's "
-                                              "scale/bias inside the model")] = False,
-    min_target: Annotated[Optional[str], typer.Option("--min-target", help="CoreML: oldest OS to load on, e.g. "
-                                                      "iOS16, macOS14 [default: the oldest the target allows]")] = None,
-    layout: Annotated[str, typer.Option("--layout", help="TFLite: input layout, nhwc (mobile) or nchw")] = "nhwc",
-    io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite full-integer: input/output type, "
-                                          "float32, int8 or uint8")] = "float32",
-    strict: Annotated[bool, typer.Option("--strict", help="EdgeTPU/BPU: fail when any op would leave "
-                                         "the accelerator")] = False,
-    bpu_input: Annotated[str, typer.Option("--bpu-input", help="BPU: board-side input, nv12, rgb, bgr "
-                                           "or featuremap")] = "nv12",
-    archive: Annotated[bool, typer.Option("--archive", help="BPU: also write the bundle as a deterministic "
-                                          ".tar.gz")] = False,
-    openvino_fp16_weights: Annotated[bool, typer.Option("--openvino-fp16-weights", help="OpenVINO: store the IR's "
-                                                        "weights in fp16 (compute stays fp32)")] = False,
-    golden_count: Annotated[int, typer.Option("--golden-count", help="golden inputs for parity")] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="seed for synthetic inputs and sampling")] = 0,
-    calib_data: CalibDataOpt = None,
-    calib_size: CalibSizeOpt = None,
-    eval_data: EvalDataOpt = None,
-    eval_size: EvalSizeOpt = None,
-    max_drop: MaxDropOpt = None,
-    quant_config: QuantOpt = "default",
-    eval_shard: EvalShardOpt = None,
-    eval_workers: EvalWorkersOpt = 2,
-    resume: ResumeOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the result table")] = False,
-    output: Annotated[OutputFormat, typer.Option("--output", help="table or json on stdout")] = OutputFormat.table,
-) -> None:
+# ---- export's flags: its own, then every registered target's declared options, by help panel -------
+def _in_panel(option: Any, panel: str) -> Any:
+    """A shared `Annotated[type, typer.Option(...)]` listed under `panel` in this command's --help."""
+    info = copy.copy(option.__metadata__[0])
+    info.rich_help_panel = panel
+    return Annotated[option.__origin__, info]
+
+
+def _flag(annotation: Any, *decls: str, help: str, panel: str) -> Any:
+    return Annotated[annotation, typer.Option(*decls, help=help, rich_help_panel=panel)]
+
+
+# (name, annotation, default) in --help order; the core's options (fold, dynamic_batch, simplify) among them
+_EXPORT_FLAGS: list[tuple[str, Any, Any]] = [
+    ("model", _in_panel(ModelOpt, "Model"), "conv_small"),
+    ("to", _in_panel(ToOpt, "Model"), "onnx"),
+    ("weights", _in_panel(WeightsOpt, "Model"), None),
+    ("pretrained", _in_panel(PretrainedOpt, "Model"), False),
+    ("num_classes", _in_panel(NumClassesOpt, "Model"), None),
+    ("img_size", _in_panel(ImgSizeOpt, "Model"), None),
+    ("fold", _flag(bool, "--fold/--no-fold", help="fold BatchNorm/LayerScale", panel="Model"), True),
+    ("data", _in_panel(DataOpt, "Data"), None),
+    ("golden_count", _flag(int, "--golden-count", help="golden inputs for parity", panel="Data"), 8),
+    ("seed", _flag(int, "--seed", help="seed for synthetic inputs and sampling", panel="Data"), 0),
+    ("calib_data", _in_panel(CalibDataOpt, "Quantization"), None),
+    ("calib_size", _in_panel(CalibSizeOpt, "Quantization"), None),
+    ("quant_config", _in_panel(QuantOpt, "Quantization"), "default"),
+    ("eval_data", _in_panel(EvalDataOpt, "Evaluation"), None),
+    ("eval_size", _in_panel(EvalSizeOpt, "Evaluation"), None),
+    ("max_drop", _in_panel(MaxDropOpt, "Evaluation"), None),
+    ("eval_shard", _in_panel(EvalShardOpt, "Evaluation"), None),
+    ("eval_workers", _in_panel(EvalWorkersOpt, "Evaluation"), 2),
+    ("resume", _in_panel(ResumeOpt, "Evaluation"), False),
+    ("simplify", _flag(bool, "--simplify/--no-simplify", help="run onnxsim", panel="ONNX"), True),
+]
+_EXPORT_OUTPUT_FLAGS: list[tuple[str, Any, Any]] = [
+    ("out", _in_panel(OutOpt, "Output"), None),
+    ("dynamic_batch", _flag(bool, "--dynamic-batch", help="dynamic batch axis", panel="Output"), False),
+    ("quiet", _flag(bool, "--quiet", "-q", help="only the result table", panel="Output"), False),
+    ("output", _flag(OutputFormat, "--output", help="table or json on stdout", panel="Output"), OutputFormat.table),
+]
+_CORE_PANELS = ("Model", "Data", "Quantization", "Evaluation", "ONNX", "Output")
+
+
+def _declared_flag(option: "TargetOption") -> tuple[str, Any, Any]:
+    """One target-declared option as a Typer flag (a bool defaulting to True gets --no-NAME)."""
+    decl = option.flag
+    if option.type is bool and option.default:
+        decl = f"{option.flag}/--no-{option.flag[2:]}"
+    annotation = Optional[option.type] if option.default is None else option.type
+    return option.name, _flag(annotation, decl, help=option.help, panel=option.panel), option.default
+
+
+def _target_flags() -> tuple[list[tuple[str, Any, Any]], DeployError | None]:
+    """The registry's declared options as flags, ordered by panel (the core's panels first).
+
+    A conflicting declaration (e.g. a plugin redeclaring --layout differently) does not break
+    the other commands: export then refuses to run, naming the conflict.
+    """
+    from .registry import declared_options
+
+    try:
+        declared = declared_options()
+    except DeployError as exc:
+        return [], exc
+    own = {name for name, _, _ in _EXPORT_FLAGS + _EXPORT_OUTPUT_FLAGS}
+    clash = sorted(set(declared) & own)
+    if clash:
+        return [], DeployError(f"a target declares the option {declared[clash[0]].flag}, which export itself owns",
+                               "rename the target's option")
+    ordered = sorted(declared.values(), key=lambda o: (_CORE_PANELS.index(o.panel) if o.panel in _CORE_PANELS
+                                                       else len(_CORE_PANELS) - 1, o.panel))
+    return [_declared_flag(o) for o in ordered], None
+
+
+_TARGET_FLAGS, _OPTIONS_PROBLEM = _target_flags()
+
+
+def export_command(**params: Any) -> None:
     """Export a model to one or more targets and validate every artifact against PyTorch."""
-    options = dict(opset=opset, simplify=simplify, dynamic_batch=dynamic_batch, fold=fold, image_input=image_input,
-                   min_target=min_target, layout=layout, io_dtype=io_dtype, strict=strict, bpu_input=bpu_input,
-                   archive=archive, openvino_fp16_weights=openvino_fp16_weights)
-    _guarded(lambda: _export_body(
-        model, to, out, quiet, output, options, weights=weights, pretrained=pretrained, num_classes=num_classes,
-        img_size=img_size, data=data, golden_count=golden_count, seed=seed, calib_data=calib_data,
-        calib_size=calib_size, eval_data=eval_data, eval_size=eval_size, max_drop=max_drop,
-        quant_config=quant_config, eval_options=_eval_options(eval_shard, eval_workers, resume, eval_data)))
+    def body() -> int:
+        if _OPTIONS_PROBLEM is not None:
+            raise _OPTIONS_PROBLEM
+        options = {name: params.pop(name) for name in ("fold", "dynamic_batch", "simplify")}
+        options.update({name: params.pop(name) for name, _, _ in _TARGET_FLAGS})
+        eval_options = _eval_options(params.pop("eval_shard"), params.pop("eval_workers"), params.pop("resume"),
+                                     params["eval_data"])
+        return _export_body(params.pop("model"), params.pop("to"), params.pop("out"), params.pop("quiet"),
+                            params.pop("output"), options, eval_options=eval_options, **params)
+    _guarded(body)
 
 
+export_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]  # what Typer reads
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, annotation, default in _EXPORT_FLAGS + _TARGET_FLAGS + _EXPORT_OUTPUT_FLAGS])
 app.command("export")(export_command)
 export_app.command()(export_command)
 
@@ -237,11 +283,10 @@ def inspect_command(
         precheck(artifact)
         conv = load_target(target) if target else target_for_artifact(artifact)
         conv.info.require_backends()
-        describe = getattr(conv, "describe", None)
-        if describe is None:
-            raise UsageError(f"target {conv.info.name} cannot describe its artifacts")
         with reading(artifact, f"{conv.info.name} artifact"):
-            described = describe(artifact)
+            described = conv.describe(artifact)
+        if described is None:
+            raise UsageError(f"target {conv.info.name} cannot describe its artifacts")
         print(json.dumps({"target": conv.info.name, "precision": conv.info.precision, **described},
                          indent=2, default=str))
         return 0
@@ -263,9 +308,6 @@ def check_command(
         from .registry import load_target
 
         conv = load_target(target)
-        check = getattr(conv, "check", None)
-        if check is None:
-            raise UsageError(f"target {target} has no static accelerator check", "use --target edgetpu")
         from .artifact_guard import precheck, reading
 
         for path in (artifact, compiler_log):
@@ -273,7 +315,9 @@ def check_command(
                 raise UsageError(f"{path}: no such file")
         precheck(artifact)
         with reading(artifact, f"model for the {target} check"):
-            result = check(artifact, compiler_log=compiler_log)
+            result = conv.check(artifact, compiler_log=compiler_log)
+        if result is None:
+            raise UsageError(f"target {target} has no static accelerator check", "use --target edgetpu")
         if output is OutputFormat.json:
             print(json.dumps(result, indent=2, default=str))
         else:

@@ -24,8 +24,8 @@ from .calibration_stream import calibration_set
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
 from .recipes import Recipe, load_recipe
-from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, build_order, find_targets,
-                       load_target, parse_targets, target_for_artifact)
+from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, build_order,
+                       declared_options, find_targets, load_target, parse_targets, target_for_artifact)
 from .report import (ACCURACY_FAILED, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT, VALIDATION_FAILED,
                      Report, TargetResult)
 from .run_lock import output_lock
@@ -120,31 +120,47 @@ def prepare_model(model: "str | Any", *, contract: Preprocess | None = None, nam
                          example=x[:1].contiguous())
 
 
-def resolve_converters(targets: str | Sequence[str], options: ExportOptions) -> list[Converter]:
+def resolve_converters(targets: str | Sequence[str],
+                       options: ExportOptions | Mapping[str, Any] | None = None) -> list[Converter]:
     """Load the asked-for targets and refuse, before any work, what they cannot do here."""
+    options = ExportOptions.of(options)
     eps = find_targets()
     converters = [load_target(name, eps) for name in parse_targets(targets, eps)]
     for conv in converters:
         conv.info.require_backends()
-        check_options = getattr(conv, "check_options", None)
-        if check_options is not None:
-            check_options(options)
+        if options.dynamic_batch and not conv.info.dynamic_batch:
+            raise UsageError(f"option --dynamic-batch is not used by target {conv.info.name}: it exports a fixed "
+                             "batch of 1", f"drop --dynamic-batch, or export {conv.info.name} in another run")
+        conv.check_options(options)
+    _check_declared_values(converters, options)
     _refuse_unused_options(converters, options)
     return converters
 
 
-# ExportOptions fields every target tolerates (they change nothing a target must honour)
-_UNIVERSAL_OPTIONS = frozenset({"simplify"})
+def _check_declared_values(converters: Sequence[Converter], options: ExportOptions) -> None:
+    """Each requested target's declared options: the value's type and choices (after the target's own check)."""
+    for conv in converters:
+        for option in conv.info.options:
+            option.check_value(getattr(options, option.name))
 
 
 def _refuse_unused_options(converters: Sequence[Converter], options: ExportOptions) -> None:
-    """An option no requested target honours is a mistake (e.g. --image-input with --to onnx)."""
+    """An option no requested target honours is a mistake (e.g. --image-input with --to onnx).
+
+    `--no-simplify` is tolerated by every target; `--dynamic-batch` was refused per target above.
+    """
+    declared = declared_options()
     for name in options.changed():
-        if name in _UNIVERSAL_OPTIONS or any(name in conv.info.options for conv in converters):
+        if name in ("simplify", "dynamic_batch"):
             continue
-        flag = "--" + name.replace("_", "-")
-        raise UsageError(f"option {flag} is not used by target(s) {', '.join(c.info.name for c in converters)}",
-                         "drop it, or add a target that honours it; README, Targets, lists them")
+        if name == "fold":
+            honoured, flag = any(c.info.unfolded for c in converters), "--no-fold"
+        else:
+            honoured, flag = any(name in c.info.option_names() for c in converters), declared[name].flag
+        if not honoured:
+            raise UsageError(f"option {flag} is not used by target(s) {', '.join(c.info.name for c in converters)}",
+                             "drop it, or add a target that honours it; `mnv4-deploy export --help` lists each "
+                             "target's options")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -372,7 +388,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
            data: str | Path | None = None, golden_count: int = 8, seed: int = 0,
            calib_data: str | Path | None = None, calib_size: int | None = None,
            eval_data: str | Path | None = None, eval_size: int | None = None, max_drop: float | None = None,
-           options: ExportOptions | None = None, quant_config: str | Path = "default",
+           options: ExportOptions | Mapping[str, Any] | None = None, quant_config: str | Path = "default",
            log: Log = print, step: Log | None = None, sensitivity_images: int = 0,
            eval_options: Mapping[str, Any] | None = None) -> Report:
     """Export `model` to every target, validate each artifact, write the report and manifest.
@@ -386,7 +402,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
     `eval_options` (`shard` "K/N", `workers`, `resume`) steer the streamed labeled evaluation.
     """
     step = step or (lambda _name: None)
-    options = options or ExportOptions()
+    options = ExportOptions.of(options)
     recipe = load_recipe(quant_config)
     converters = resolve_converters(targets, options)
     _check_run_inputs(converters, calib_data, eval_data, max_drop)
@@ -398,9 +414,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
     label = model if isinstance(model, str) else (name or type(model).__name__)
     out_path = Path(out) if out is not None else Path("exports") / label.replace(":", "_")
     for conv in converters:  # e.g. refuse an --out inside an existing BPU bundle, before writing anything
-        check_output_dir = getattr(conv, "check_output_dir", None)
-        if check_output_dir is not None:
-            check_output_dir(out_path)
+        conv.check_output_dir(out_path)
     out_dir = ensure_writable_dir(out_path)
     with output_lock(out_dir, log=log):  # one run per --out; stale temp work of killed runs removed
         step("prepare model")
@@ -498,10 +512,9 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
     prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
                              num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
                              seed=seed, fold=fold, recipe=recipe, log=log)
-    describe = getattr(conv, "describe", None)
     artifact_ = Artifact(conv.info.name, path, conv.info.precision)
     with reading(path, f"{conv.info.name} artifact"):  # damaged input: one line, exit 2, before judging
-        description = describe(path) if describe is not None else None
+        description = conv.describe(path)
         runner = conv.runner(artifact_)  # opening the runtime reads what describe does not (e.g. weights)
     if description is not None:
         _check_artifact_io(description, prepared, path)
@@ -511,7 +524,7 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
     ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)
     report = _new_report(ctx)
     # a file may carry another precision than its target's default (openvino --openvino-fp16-weights)
-    precision = getattr(conv, "declared_precision", lambda _: conv.info.precision)(description or {})
+    precision = conv.declared_precision(description or {})
     result = TargetResult(target=conv.info.name, precision=precision, status=EXPORT_FAILED)
     report.results.append(judge_artifact(conv, artifact_, ctx, result, runner=runner))
     _stream_evaluation(ctx, report, keep_records=out is not None)

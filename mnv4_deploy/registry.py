@@ -1,24 +1,41 @@
-"""Targets: the Converter protocol and entry-point discovery.
+"""Targets: the declared converter contract, the options targets own, and entry-point discovery.
 
 Built-in converters register exactly like third-party ones, in the entry-point group
 `mnv4_deploy.converters` (name = target name, value = `module:object`). *Finding* reads
 metadata only; *loading* imports the converter module, which must stay light (heavy backends
 are imported inside `convert`/`runner`). Whether a backend is installed is answered with
 `importlib.util.find_spec`, so `mnv4-deploy targets` never imports TensorFlow or coremltools.
+
+The contract is the `Converter` base class: `info`, `convert` and `runner` are required; every
+other hook (`check_options`, `check_output_dir`, `describe`, `check`, `declared_precision`) is
+named, typed and has a default, so the core calls each plainly. Options a target honours are
+declared as `TargetOption` data in `TargetInfo.options` (options.py); `ExportOptions` holds the
+core's few run-wide options plus the values of every declared one.
 """
 from __future__ import annotations
 
+import abc
 import difflib
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from .errors import BackendMissing, DeployError, UsageError
 from .judgement import Judgement
+from .options import TargetOption, merge_declarations, unknown_option
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data import ImageBatch
+    from .preprocess import Preprocess
+    from .recipes import Recipe
+    from .quant.plan import QuantPlan
 
 ENTRY_POINT_GROUP = "mnv4_deploy.converters"
 
@@ -37,7 +54,12 @@ class TargetInfo:
     needs_calibration: bool = False
     shared_plan: bool = True  # with needs_calibration: uses the run's int8 plan (False: only the images)
     upstream: str | None = None  # target whose artifact this one is built from
-    options: tuple[str, ...] = ()  # ExportOptions fields this target honours
+    options: tuple[TargetOption, ...] = ()  # the options this target honours, declared as data
+    dynamic_batch: bool = False  # honours --dynamic-batch (else the core refuses it, naming this target)
+    unfolded: bool = True  # honours --no-fold (builds from the unfolded canonical model)
+
+    def option_names(self) -> frozenset[str]:
+        return frozenset(o.name for o in self.options)
 
     def missing_backends(self) -> list[str]:
         return [m for m in self.backend_modules if importlib.util.find_spec(m.split(".")[0]) is None]
@@ -49,47 +71,100 @@ class TargetInfo:
                                  f"pip install 'mnv4-deploy[{self.extra}]'" if self.extra else "install it")
 
 
-@dataclass(frozen=True)
-class ExportOptions:
-    """Per-run options; frozen once parsed. Targets refuse options they cannot honour."""
+# Options the core owns, with their defaults: each acts before or around every target rather than
+# inside one. fold: canonicalization, done once for all targets. dynamic_batch: a capability each
+# target declares (TargetInfo.dynamic_batch), refused once by the core. simplify: a step of the
+# ONNX export several formats go through (ONNX, BPU); every target tolerates it, so it is never
+# refused. Everything else is one target's (or a few targets') knowledge and is declared there.
+CORE_OPTIONS: dict[str, Any] = {"fold": True, "dynamic_batch": False, "simplify": True}
 
-    opset: int = 17
-    simplify: bool = True
-    dynamic_batch: bool = False
-    fold: bool = True
-    layout: str = "nhwc"  # input layout of image-model artifacts that choose one: "nhwc" | "nchw"
-    image_input: bool = False  # image (pixel) input with the contract's scale/bias inside, where supported (CoreML)
-    min_target: str | None = None  # oldest OS the artifact must load on, e.g. "iOS16", "macOS14" (CoreML)
-    io_dtype: str = "float32"  # I/O tensors of full-integer artifacts: "float32" | "int8" | "uint8" (TFLite)
-    strict: bool = False  # refuse artifacts whose ops would leave the accelerator (EdgeTPU, BPU)
-    bpu_input: str = "nv12"  # hb_mapper input_type_rt: "nv12" | "rgb" | "bgr" | "featuremap" (BPU)
-    archive: bool = False  # also pack a directory artifact as a deterministic .tar.gz (BPU bundle)
-    openvino_fp16_weights: bool = False  # store IR weights in fp16, compute stays fp32 (OpenVINO)
+
+class ExportOptions:
+    """Per-run options, frozen once made: the core's three plus every registered target's declared ones.
+
+    `ExportOptions(io_dtype="int8")` or `ExportOptions.of({"io_dtype": "int8"})`; an unknown
+    name is a one-line usage error. Converters read values as attributes (`job.options.io_dtype`);
+    an option not given has its declared default.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: Any) -> None:
+        declared = declared_options()
+        for name in values:
+            if name not in CORE_OPTIONS and name not in declared:
+                raise unknown_option(name, {**CORE_OPTIONS, **declared})
+        full = {name: values.get(name, default) for name, default in CORE_OPTIONS.items()}
+        full.update({name: values.get(name, option.default) for name, option in declared.items()})
+        object.__setattr__(self, "_values", full)
+
+    @classmethod
+    def of(cls, options: "ExportOptions | Mapping[str, Any] | None") -> "ExportOptions":
+        """The API's forms (None, a mapping of option values, or ExportOptions) as ExportOptions."""
+        if options is None:
+            return cls()
+        return options if isinstance(options, ExportOptions) else cls(**dict(options))
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            values = object.__getattribute__(self, "_values")
+            if name in values:
+                return values[name]
+        raise AttributeError(f"ExportOptions has no option {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ExportOptions is frozen; make a new one")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExportOptions) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values.items())))
+
+    def __repr__(self) -> str:
+        return f"ExportOptions({', '.join(f'{k}={v!r}' for k, v in self.changed_values().items())})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_options, (self._values,))
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dict(self._values)
+
+    def changed_values(self) -> dict[str, Any]:
+        defaults = ExportOptions()._values
+        return {k: v for k, v in self._values.items() if v != defaults.get(k)}
 
     def changed(self) -> list[str]:
-        """Fields set away from their defaults (the options a run explicitly asked for)."""
-        default = ExportOptions()
-        return [k for k, v in self.__dict__.items() if v != getattr(default, k)]
+        """Options set away from their defaults (the options a run explicitly asked for)."""
+        return list(self.changed_values())
+
+
+def _rebuild_options(values: Mapping[str, Any]) -> ExportOptions:
+    return ExportOptions(**values)
+
+
+class HeldEvaluation(Protocol):
+    """Labeled images held in memory with the reference's logits on them (the pipeline's `Evaluation`)."""
+
+    batch: "ImageBatch"
+    reference_logits: np.ndarray
 
 
 @dataclass
 class ConvertJob:
     """Everything a converter gets: the canonical model and what the run computed once."""
 
-    model: Any  # canonical torch.nn.Module, eval mode
-    contract: Any  # Preprocess
-    example: Any  # torch.Tensor (1, 3, H, W)
+    model: "torch.nn.Module"  # canonical, eval mode
+    contract: "Preprocess"
+    example: "torch.Tensor"  # (1, 3, H, W)
     workdir: Path  # a private temporary directory; the artifact goes inside it
     stem: str  # artifact file stem, e.g. "conv_small"
     options: ExportOptions
-    recipe: Any  # Recipe
-    calibration: Any = None  # data.ImageBatch or None
-    upstream: Any = None  # Artifact of `info.upstream`, when declared
-    plan: Any = None  # quantize.PlanStage: the run's one int8 plan (targets with needs_calibration)
-    evaluation: Any = None  # pipeline.Evaluation (labeled batch + reference logits) when --eval-data is given
+    recipe: "Recipe | None"
+    calibration: "ImageBatch | None" = None  # with needs_calibration and --calib-data
+    upstream: "Artifact | None" = None  # the run's artifact of `info.upstream`, when declared and built
+    plan: "QuantPlan | None" = None  # the run's one int8 plan (targets with needs_calibration and shared_plan)
+    evaluation: HeldEvaluation | None = None  # labeled batch + reference logits when --eval-data is given
     model_info: dict[str, Any] = field(default_factory=dict)  # the report's model section (name, weights hash)
     run_cache: dict[Any, Any] = field(default_factory=dict)  # lives for one run: work several targets share
     log: Callable[[str], None] = print
@@ -134,13 +209,52 @@ class NotRunnable:
     reason: str
 
 
-@runtime_checkable
-class Converter(Protocol):
+class Converter(abc.ABC):
+    """The converter contract. Subclass it, set `info`, implement `convert` and `runner`.
+
+    Every other hook has a default that means "this target has nothing to add", so the core
+    calls them plainly. Converter modules stay light: heavy backends are imported inside the
+    methods, never at module top (`mnv4-deploy targets` and `--help` load every converter).
+    """
+
     info: TargetInfo
 
-    def convert(self, job: ConvertJob) -> Artifact: ...
+    @abc.abstractmethod
+    def convert(self, job: ConvertJob) -> Artifact:
+        """Write the artifact inside `job.workdir` and say what it is; the core moves it into place."""
 
-    def runner(self, artifact: Artifact) -> Runner | NotRunnable: ...
+    @abc.abstractmethod
+    def runner(self, artifact: Artifact) -> "Runner | NotRunnable":
+        """Open the artifact in its runtime here, or say why it cannot run on this host."""
+
+    def check_options(self, options: ExportOptions) -> None:
+        """Refuse, before any work, option values this target cannot honour (raise UsageError).
+
+        Declared choices and types are checked by the core after this hook; raise here to say
+        more precisely what is wrong, or to refuse combinations.
+        """
+
+    def check_output_dir(self, out: Path) -> None:
+        """Refuse, before anything is written, an output directory this target cannot share."""
+
+    def describe(self, path: Path) -> dict[str, Any] | None:
+        """`mnv4-deploy inspect`: format, I/O (`inputs`/`outputs` with `shape`), ops, metadata.
+
+        None: this target cannot describe its artifacts (validate then skips the I/O check).
+        """
+        return None
+
+    def check(self, path: Path, compiler_log: Path | None = None) -> dict[str, Any] | None:
+        """`mnv4-deploy check`: a model against the accelerator's op rules.
+
+        Returns `fully_mapped`, a printable `table` and (with `compiler_log`) `compiler_log`
+        with its own `table`; None: this target has no static accelerator check.
+        """
+        return None
+
+    def declared_precision(self, description: Mapping[str, Any]) -> str:
+        """The precision a described file carries (validate judges it as that); default: the target's."""
+        return self.info.precision
 
 
 class TargetLoadError(DeployError):
@@ -169,7 +283,8 @@ def load_target(name: str, eps: Mapping[str, EntryPoint] | None = None) -> Conve
     except Exception as exc:
         raise TargetLoadError(f"target {name} ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, Converter) or not isinstance(getattr(obj, "info", None), TargetInfo):
-        raise TargetLoadError(f"target {name} ({ep.value}) is not a Converter (needs info, convert, runner)")
+        raise TargetLoadError(f"target {name} ({ep.value}) is not a Converter",
+                              "subclass mnv4_deploy.registry.Converter and set info, convert, runner")
     if obj.info.name != name:
         raise TargetLoadError(f"target {name} ({ep.value}) declares itself as {obj.info.name!r}")
     return obj
@@ -250,3 +365,41 @@ def build_order(names: Sequence[str], eps: Mapping[str, EntryPoint] | None = Non
     for name in names:
         visit(name)
     return ordered
+
+
+def declared_options(eps: Mapping[str, EntryPoint] | None = None) -> dict[str, TargetOption]:
+    """Every registered target's declared options, merged (conflicting declarations are refused).
+
+    A target that fails to load declares nothing here (`mnv4-deploy targets` names its error).
+    """
+    eps = find_targets() if eps is None else eps
+    return dict(_declared_options(tuple((name, ep.value) for name, ep in eps.items())))
+
+
+def option_owners(eps: Mapping[str, EntryPoint] | None = None) -> dict[str, list[str]]:
+    """Option name -> the registered targets that declare it (for help texts and errors)."""
+    eps = find_targets() if eps is None else eps
+    owners: dict[str, list[str]] = {}
+    for info in _loadable_infos(tuple((name, ep.value) for name, ep in eps.items())):
+        for option in info.options:
+            owners.setdefault(option.name, []).append(info.name)
+    return owners
+
+
+@functools.lru_cache(maxsize=8)
+def _loadable_infos(registered: tuple[tuple[str, str], ...]) -> tuple[TargetInfo, ...]:
+    eps = {name: EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP) for name, value in registered}
+    infos = []
+    for name in eps:
+        try:
+            infos.append(load_target(name, eps).info)
+        except DeployError:
+            continue
+    return tuple(infos)
+
+
+@functools.lru_cache(maxsize=8)
+def _declared_options(registered: tuple[tuple[str, str], ...]) -> tuple[tuple[str, TargetOption], ...]:
+    infos = _loadable_infos(registered)
+    merged = merge_declarations(((info.name, o) for info in infos for o in info.options), CORE_OPTIONS)
+    return tuple(merged.items())

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mnv4_deploy.errors import BackendMissing, UsageError
-from mnv4_deploy.registry import (ENTRY_POINT_GROUP, TargetInfo, TargetLoadError, find_targets, load_target,
-                                  parse_targets, target_rows)
+from mnv4_deploy.registry import (ENTRY_POINT_GROUP, Converter, TargetInfo, TargetLoadError, find_targets,
+                                  load_target, parse_targets, target_rows)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def fake_module(monkeypatch):
 
     module = types.ModuleType("fake_plugin")
 
-    class Fake:
+    class Fake(Converter):
         info = TargetInfo(name="fake-npu", format="npu", precision="int8", suffix=".npu", description="fake",
                           backend_modules=("surely_not_installed_backend",), extra="npu")
         convert = ONNX_FP32.convert

@@ -21,15 +21,24 @@ import numpy as np
 from mnv4_deploy.artifacts import sha256_path
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.judgement import Judgement
+from mnv4_deploy.options import TargetOption
 from mnv4_deploy.provenance import reproducible
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+from mnv4_deploy.registry import Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, TargetInfo
+
+from converters.onnx import OPSET
 
 from . import bundle as bundle_files
 from .march import TargetRow, get_march, load_target_table
 
 BPU_INPUTS = ("nv12", "rgb", "bgr", "featuremap")
+BPU_INPUT = TargetOption("bpu_input", str, "nv12", "board-side input, nv12, rgb, bgr or featuremap", panel="BPU",
+                         choices=BPU_INPUTS)
+ARCHIVE = TargetOption("archive", bool, False, "also write the bundle as a deterministic .tar.gz", panel="BPU")
+# declared alike by the EdgeTPU target (the registry checks the two declarations agree)
+STRICT = TargetOption("strict", bool, False, "fail when any op would leave the accelerator (EdgeTPU, BPU)",
+                      panel="Accelerators")
 
-class BpuConverter:
+class BpuConverter(Converter):
     """One BPU target (one row of the targets table)."""
 
     def __init__(self, row: TargetRow):
@@ -39,7 +48,7 @@ class BpuConverter:
             description=f"Horizon {row.board} ({row.march}) hb_mapper bundle: opset-11 ONNX, YAML, calibration files; "
                         "NV12 and int8 emulated here",
             backend_modules=("onnx", "onnxruntime", "onnxsim"), extra="onnx", needs_calibration=True,
-            shared_plan=False, options=("opset", "fold", "strict", "bpu_input", "archive"))
+            shared_plan=False, options=(OPSET, STRICT, BPU_INPUT, ARCHIVE))
 
     # ---- before any work ----------------------------------------------------------------
     def check_options(self, options: ExportOptions) -> None:

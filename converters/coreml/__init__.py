@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy.options import TargetOption
 from mnv4_deploy.provenance import reproducible
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, NotRunnable, Runner, TargetInfo
+from mnv4_deploy.registry import Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, TargetInfo
 
 from .compute_units import compute_unit_report, neural_engine_notes
 from .convert import (CONTRACT_KEY, IMAGE_INPUT_NAME, INPUT_NAME, LABELS_KEY, OUTPUT_NAME, PREFIX, annotate,
@@ -55,7 +56,7 @@ _FEATURES: dict[str, tuple[Feature, ...]] = {"fp16": (ML_PROGRAM,), "fp32": (ML_
                                              "int8": (ML_PROGRAM, W8_PER_CHANNEL, A8_ACTIVATIONS)}
 
 
-class CoremlConverter:
+class CoremlConverter(Converter):
     """Core ML ML Program of the canonical model: fp16/fp32 compute, int8 weights, or the W8A8 plan."""
 
     def __init__(self, info: TargetInfo, kind: str):
@@ -65,9 +66,6 @@ class CoremlConverter:
 
     def check_options(self, options: ExportOptions) -> None:
         check_min_target(options.min_target, self.features, self.info.name)
-        if options.dynamic_batch:
-            raise UsageError(f"target {self.info.name} has a fixed batch of 1 (the runner loops over samples)",
-                             "export the Core ML targets without --dynamic-batch")
 
     def _float_source(self, job: ConvertJob, min_target: str) -> tuple[Any, dict[str, Any]]:
         """The fp16 program to quantize: this run's `coreml` artifact when present, else a fresh one."""
@@ -140,8 +138,11 @@ class CoremlConverter:
         return describe_mlpackage(Path(path))
 
 
-_COMMON = dict(format="coreml", backend_modules=("coremltools",), extra="coreml",
-               options=("image_input", "min_target", "fold"))
+IMAGE_INPUT = TargetOption("image_input", bool, False, "image (pixel) input, the contract's scale/bias inside the "
+                           "model", panel="Core ML")
+MIN_TARGET = TargetOption("min_target", str, None, "oldest OS to load on, e.g. iOS16, macOS14 [default: the oldest "
+                          "the target allows]", panel="Core ML")
+_COMMON = dict(format="coreml", backend_modules=("coremltools",), extra="coreml", options=(IMAGE_INPUT, MIN_TARGET))
 COREML_FP16 = CoremlConverter(TargetInfo(
     name="coreml", precision="fp16", suffix=".mlpackage",
     description="Core ML ML Program, fp16 compute, float32 I/O; Core ML on macOS, the NumPy MIL executor elsewhere",

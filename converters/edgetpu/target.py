@@ -20,15 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import OpsOffAccelerator, UsageError
+from mnv4_deploy.options import TargetOption
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
 from ..tflite.common import REPRODUCIBLE
 from ..tflite.int8_target import BACKENDS, embed_contract, require_plan
-from ..tflite.io_types import check_io_dtype
+from ..tflite.io_types import IO_DTYPE, check_io_dtype
 from ..tflite.runtime import TfliteArtifacts
 
 DEFAULT_IO_DTYPE = "uint8"
 _IO_DTYPES = ("int8", "uint8")
+# declared alike by the BPU targets (the registry checks the two declarations agree)
+STRICT = TargetOption("strict", bool, False, "fail when any op would leave the accelerator (EdgeTPU, BPU)",
+                      panel="Accelerators")
 
 
 def edgetpu_io_dtype(options: ExportOptions) -> str:
@@ -89,8 +93,6 @@ class EdgeTpuConverter(TfliteArtifacts):
                              "TRANSPOSE would leave the accelerator", "drop --layout for the edgetpu target")
         if options.io_dtype != "float32":
             check_io_dtype(options.io_dtype, _IO_DTYPES, self.info.name)
-        if options.dynamic_batch:
-            raise UsageError("target edgetpu needs static shapes and batch 1", "drop --dynamic-batch")
 
     def _model(self, job: ConvertJob, plan: Any, path: Path, io_dtype: str) -> dict[str, Any]:
         """Reuse the run's tflite-int8 artifact (same plan, same route) or build the model."""
@@ -151,6 +153,6 @@ class EdgeTpuConverter(TfliteArtifacts):
 
 EDGETPU = EdgeTpuConverter(TargetInfo(
     name="edgetpu", format="tflite", precision="int8", suffix=".edgetpu.tflite", backend_modules=BACKENDS,
-    extra="tflite", needs_calibration=True, upstream="tflite-int8", options=("io_dtype", "strict", "fold"),
+    extra="tflite", needs_calibration=True, upstream="tflite-int8", options=(IO_DTYPE, STRICT),
     description="EdgeTPU full-integer TFLite (uint8 I/O unless --io-dtype int8, NHWC, batch 1), statically "
                 "checked op by op; compiled with edgetpu_compiler when installed"))

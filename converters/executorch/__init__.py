@@ -22,7 +22,7 @@ from typing import Any
 
 from mnv4_deploy.errors import DeployError, UsageError
 from mnv4_deploy.provenance import byte_identical
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, Runner, TargetInfo
+from mnv4_deploy.registry import Artifact, ConvertJob, Converter, Runner, TargetInfo
 
 BACKENDS = ("executorch",)
 PACKAGES = ("executorch",)
@@ -61,17 +61,12 @@ def refuse_portable_compute(delegation: dict[str, Any], target: str) -> None:
                           "use onnx-int8 or tflite-int8 for this model, or executorch (fp32)")
 
 
-class ExecutorchConverter:
+class ExecutorchConverter(Converter):
     """An XNNPACK-delegated .pte of the canonical model (fp32) or of the run's int8 plan."""
 
     def __init__(self, info: TargetInfo, int8: bool):
         self.info = info
         self.int8 = int8
-
-    def check_options(self, options: ExportOptions) -> None:
-        if options.dynamic_batch:
-            raise UsageError(f"target {self.info.name} has a fixed batch of 1 (the runner loops over samples)",
-                             "export the ExecuTorch targets without --dynamic-batch")
 
     def convert(self, job: ConvertJob) -> Artifact:
         from .lower import export_program
@@ -113,7 +108,7 @@ class ExecutorchConverter:
         return describe_pte(Path(path))
 
 
-_COMMON = dict(format="executorch", backend_modules=BACKENDS, extra="executorch", options=("fold",))
+_COMMON = dict(format="executorch", backend_modules=BACKENDS, extra="executorch")
 EXECUTORCH_FP32 = ExecutorchConverter(TargetInfo(
     name="executorch", precision="fp32", suffix=".pte",
     description="ExecuTorch .pte, XNNPACK-delegated fp32, run by executorch.runtime", **_COMMON), int8=False)

@@ -21,8 +21,9 @@ from typing import Any, Callable
 import numpy as np
 
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy.options import TargetOption
 from mnv4_deploy.provenance import byte_identical
-from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, Runner, TargetInfo
+from mnv4_deploy.registry import Artifact, ConvertJob, Converter, Runner, TargetInfo
 
 BACKENDS = ("openvino", "onnx", "onnxsim")
 PACKAGES = ("openvino", "onnx")
@@ -57,17 +58,12 @@ def fp16_weight_emulation(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-class OpenvinoConverter:
+class OpenvinoConverter(Converter):
     """OpenVINO IR of the canonical model (fp32 / fp16 weights) or of the run's int8 plan."""
 
     def __init__(self, info: TargetInfo, int8: bool):
         self.info = info
         self.int8 = int8
-
-    def check_options(self, options: ExportOptions) -> None:
-        if options.dynamic_batch:
-            raise UsageError(f"target {self.info.name} has a fixed batch of 1 (the runner loops over samples)",
-                             "export the OpenVINO targets without --dynamic-batch")
 
     def _onnx(self, job: ConvertJob, onnx_path: Path) -> dict[str, Any]:
         if self.int8:
@@ -127,13 +123,15 @@ class OpenvinoConverter:
         return describe_ir(Path(path))
 
 
+FP16_WEIGHTS = TargetOption("openvino_fp16_weights", bool, False, "store the IR's weights in fp16 (compute "
+                            "stays fp32)", panel="OpenVINO")
 OPENVINO_FP32 = OpenvinoConverter(TargetInfo(
     name="openvino", format="openvino", precision="fp32", suffix=".openvino", backend_modules=BACKENDS,
-    extra="openvino", options=("fold", "openvino_fp16_weights"),
+    extra="openvino", options=(FP16_WEIGHTS,),
     description="OpenVINO IR (.xml/.bin directory), fp32 compute on OpenVINO's CPU plugin; "
                 "--openvino-fp16-weights stores fp16 weights"), int8=False)
 OPENVINO_INT8 = OpenvinoConverter(TargetInfo(
     name="openvino-int8", format="openvino", precision="int8", suffix=".int8.openvino", backend_modules=BACKENDS,
-    extra="openvino", needs_calibration=True, options=("fold",),
+    extra="openvino", needs_calibration=True,
     description="OpenVINO IR int8: the run's plan as QDQ (FakeQuantize), per-channel int8 weights, "
                 "run on OpenVINO's CPU plugin"), int8=True)

@@ -23,10 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
-from .common import LAYOUTS, METADATA_NAME, REPRODUCIBLE, check_layout, tool_versions
+from .common import LAYOUT, LAYOUTS, METADATA_NAME, REPRODUCIBLE, check_layout, tool_versions
 from .convert import RECIPES, export_float_tflite, quantize_tflite
 from .metadata import contract_payload, embed_metadata, read_embedded_contract, read_metadata
 from .runtime import TfliteArtifacts, describe_tflite, litert_runner, open_interpreter
@@ -48,9 +47,6 @@ class TfliteConverter(TfliteArtifacts):
 
     def check_options(self, options: ExportOptions) -> None:
         check_layout(options.layout)
-        if options.dynamic_batch:
-            raise UsageError(f"target {self.info.name} has a fixed batch of 1 (the runner loops over samples)",
-                             "export the TFLite targets without --dynamic-batch")
 
     def _float_source(self, job: ConvertJob) -> tuple[Path, dict[str, Any]]:
         """The float .tflite to rewrite: the run's `tflite` artifact when present, else a fresh one."""
@@ -93,7 +89,7 @@ class TfliteConverter(TfliteArtifacts):
 
 
 
-_COMMON = dict(format="tflite", extra="tflite", options=("layout", "fold"))
+_COMMON = dict(format="tflite", extra="tflite", options=(LAYOUT,))
 TFLITE_FP32 = TfliteConverter(TargetInfo(
     name="tflite", precision="fp32", suffix=".tflite", backend_modules=_FLOAT_BACKENDS,
     description="TFLite/LiteRT fp32 via litert-torch (NHWC input by default), run by the LiteRT interpreter",

@@ -5,12 +5,14 @@ import contextlib
 import os
 from typing import Iterator
 
-from mnv4_deploy import provenance
 from mnv4_deploy.errors import UsageError
+from mnv4_deploy import provenance
+from mnv4_deploy.options import TargetOption
 
 METADATA_NAME = "mnv4_deploy.preprocess"
 METADATA_SCHEMA = "mnv4_deploy.preprocess/1"
 LAYOUTS = ("nhwc", "nchw")
+LAYOUT = TargetOption("layout", str, "nhwc", "input layout, nhwc (mobile) or nchw", panel="TFLite", choices=LAYOUTS)
 NUM_THREADS = 2
 # Declared in every TFLite artifact's metadata, carried by the manifest (tests/test_reproducible.py checks bytes)
 REPRODUCIBLE = provenance.byte_identical("the flatbuffer stores no timestamps and the embedded contract is sorted JSON")

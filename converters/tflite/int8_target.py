@@ -13,8 +13,8 @@ from typing import Any
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
-from .common import REPRODUCIBLE, check_layout, tool_versions
-from .io_types import IO_DTYPES, check_io_dtype
+from .common import LAYOUT, REPRODUCIBLE, check_layout, tool_versions
+from .io_types import IO_DTYPE, IO_DTYPES, check_io_dtype
 from .metadata import contract_payload, embed_metadata
 from .runtime import TfliteArtifacts, describe_tflite, open_interpreter
 
@@ -51,9 +51,6 @@ class TfliteInt8Converter(TfliteArtifacts):
     def check_options(self, options: ExportOptions) -> None:
         check_layout(options.layout)
         check_io_dtype(options.io_dtype, IO_DTYPES, self.info.name)
-        if options.dynamic_batch:
-            raise UsageError(f"target {self.info.name} has a fixed batch of 1 (the runner loops over samples)",
-                             "export the TFLite targets without --dynamic-batch")
 
     def convert(self, job: ConvertJob) -> Artifact:
         from .full_integer import build_full_integer
@@ -70,6 +67,6 @@ class TfliteInt8Converter(TfliteArtifacts):
 
 TFLITE_INT8 = TfliteInt8Converter(TargetInfo(
     name="tflite-int8", format="tflite", precision="int8", suffix=".int8.tflite", backend_modules=BACKENDS,
-    extra="tflite", needs_calibration=True, options=("layout", "io_dtype", "fold"),
+    extra="tflite", needs_calibration=True, options=(LAYOUT, IO_DTYPE),
     description="TFLite full-integer: int8 per-channel weights and int8 activations on the run's plan; "
                 "float32 I/O unless --io-dtype int8|uint8"))

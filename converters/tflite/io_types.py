@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from mnv4_deploy.errors import DeployError, UsageError
+from mnv4_deploy.options import TargetOption
 
 from .metadata import load_model_object, save_model_object
 
 IO_DTYPES = ("float32", "int8", "uint8")
+IO_DTYPE = TargetOption("io_dtype", str, "float32", "full-integer input/output type, float32, int8 or uint8",
+                        panel="TFLite", choices=IO_DTYPES)
 _INTEGER_IO = ("int8", "uint8")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mnv4_deploy.errors import DeployError
-from mnv4_deploy.registry import Runner
+from mnv4_deploy.registry import Converter, Runner
 
 from .common import NUM_THREADS, tool_versions
 from .metadata import op_histogram, read_embedded_contract, read_metadata
@@ -26,7 +26,7 @@ def open_interpreter(path: Path) -> Any:
     return interpreter
 
 
-class TfliteArtifacts:
+class TfliteArtifacts(Converter):
     """What every TFLite target does with its artifact: run it in LiteRT here, describe it."""
 
     def runner(self, artifact: Any) -> Runner:
