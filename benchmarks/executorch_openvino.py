@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,39 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bench_common import RESULTS, calibration_folder, cpu_facts, interleaved_latency
+
 PAIRS = {"executorch": ("executorch", "executorch-int8"), "openvino": ("openvino", "openvino-int8"),
          "onnxruntime": ("onnx", "onnx-int8"), "litert": ("tflite", "tflite-int8")}
-RESULTS = Path(__file__).resolve().parent / "results"
-REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 THREADS = 2
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-
-
-def cpu_facts() -> dict[str, Any]:
-    """CPU model and the ISA flags that decide int8 speed (from /proc/cpuinfo, as lscpu shows them)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "machine": platform.machine(), "isa_flags": {f: f in flags for f in ISA_FLAGS}}
-
-
-def _calibration_folder(tmp: Path) -> tuple[Path, str]:
-    if REAL_IMAGES.is_dir():
-        return REAL_IMAGES, f"{REAL_IMAGES.name} (real photos)"
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder = tmp / "calib"
-    folder.mkdir()
-    for i in range(32):
-        Image.fromarray(rng.uniform(0, 255, (2, 2, 3)).astype("uint8")).resize((256, 256)).save(folder / f"{i}.png")
-    return folder, "32 synthetic colour fields"
 
 
 # ---- child side: one runtime, two artifacts -------------------------------------------------
@@ -115,18 +86,7 @@ LOADERS = {"onnxruntime": _ort, "litert": _litert, "executorch": _executorch, "o
 
 def measure(runtime: str, paths: dict[str, str], runs: int) -> dict[str, dict[str, float]]:
     """Interleaved batch-1 latency (ms) of each artifact in one runtime."""
-    calls = {name: LOADERS[runtime](path) for name, path in paths.items()}
-    for _ in range(10):  # warm-up (thread pools, kernel packing)
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(runs):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - started) * 1e3)
-    return {k: {"min_ms": float(np.min(v)), "p10_ms": float(np.percentile(v, 10)),
-                "median_ms": float(np.median(v)), "runs": len(v)} for k, v in times.items()}
+    return interleaved_latency({name: LOADERS[runtime](path) for name, path in paths.items()}, runs, warmup=10)
 
 
 # ---- parent side ----------------------------------------------------------------------------
@@ -205,7 +165,7 @@ def main() -> None:
     models: dict[str, Any] = {}
     load: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        calib, calib_text = _calibration_folder(Path(tmp))
+        calib, calib_text = calibration_folder(Path(tmp), label="imagenet-samples")
         for model in args.models.split(","):
             entry = export_model(model, args.size, calib, args.calib_size, Path(tmp) / model)
             entry["latency"] = time_model(entry["artifacts"], args.runs, load)

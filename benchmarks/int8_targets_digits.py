@@ -23,6 +23,8 @@ sys.path.insert(0, str(REPO / "tests"))  # trained_net lives with the tests that
 
 from trained_net import load_trained_digits, write_digit_images  # noqa: E402
 
+from bench_common import fmt, forecast_rows, result_row  # noqa: E402
+
 from mnv4_deploy import export  # noqa: E402
 from mnv4_deploy.registry import find_targets, load_target  # noqa: E402
 
@@ -38,32 +40,6 @@ def _installed(names: list[str]) -> tuple[list[str], list[str]]:
     return have, missing
 
 
-def _row(result) -> dict:
-    acc = result.accuracy or {}
-    parity = result.parity or {}
-    emu = result.emulation_parity or {}
-    return {"target": result.target, "status": result.status, "precision": result.precision,
-            "size_mb": round((result.size_bytes or 0) / 1e6, 3), "cosine_vs_float": parity.get("cosine"),
-            "cosine_vs_emulation": emu.get("cosine"), "top1": acc.get("top1"), "drop_top1": acc.get("drop_top1"),
-            "drop_ci95": acc.get("drop_top1_ci95"), "reason": result.reason}
-
-
-def _forecast_rows(result) -> list[dict]:
-    """Numbers a converter measured beside its artifact (the BPU bundle's NV12 / int8 forecasts)."""
-    rows = []
-    for v in (result.metadata or {}).get("emulated", []):
-        acc, parity = v.get("accuracy") or {}, v.get("parity") or {}
-        rows.append({"target": f"{result.target} [{v['name']}]", "status": "emulated here", "precision": v["name"],
-                     "size_mb": None, "cosine_vs_float": parity.get("cosine"), "cosine_vs_emulation": None,
-                     "top1": acc.get("top1"), "drop_top1": acc.get("drop_top1"),
-                     "drop_ci95": acc.get("drop_top1_ci95"), "reason": v.get("label")})
-    return rows
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def markdown(rows: list[dict], reference_top1: float, images: int, calib: int, skipped: list[str]) -> str:
     lines = [f"# Int8 targets on the trained digits MNv4 ({images} held-out images, {calib} calibration images)", "",
              f"Float reference top-1: {reference_top1:.2f}%", "",
@@ -72,8 +48,8 @@ def markdown(rows: list[dict], reference_top1: float, images: int, calib: int, s
     for r in rows:
         ci = r["drop_ci95"]
         drop = "-" if r["drop_top1"] is None else f"{r['drop_top1']:+.2f}" + (f" ({ci[0]:+.2f}, {ci[1]:+.2f})" if ci else "")
-        lines.append(f"| `{r['target']}` | {r['status']} | {_fmt(r['size_mb'], '.2f')} | {_fmt(r['cosine_vs_float'], '.6f')} | "
-                     f"{_fmt(r['cosine_vs_emulation'], '.6f')} | {_fmt(r['top1'], '.2f')} | {drop} |")
+        lines.append(f"| `{r['target']}` | {r['status']} | {fmt(r['size_mb'], '.2f')} | {fmt(r['cosine_vs_float'], '.6f')} | "
+                     f"{fmt(r['cosine_vs_emulation'], '.6f')} | {fmt(r['top1'], '.2f')} | {drop} |")
     if skipped:
         lines += ["", f"Not installed here: {', '.join(skipped)}."]
     return "\n".join(lines) + "\n"
@@ -92,7 +68,7 @@ def main() -> None:
         write_digit_images(root / "eval", net.x_heldout, net.contract, net.y_heldout)
         report = export(net.model, targets, root / "out", contract=net.contract, name="digits",
                         calib_data=root / "calib", eval_data=root / "eval", log=lambda m: print(m, file=sys.stderr))
-    rows = [row for r in report.results for row in [_row(r), *_forecast_rows(r)]]
+    rows = [row for r in report.results for row in [result_row(r), *forecast_rows(r)]]
     summary = {"model": net.settings.arch, "reference_top1": report.evaluation["reference_top1"],
                "heldout_images": len(net.y_heldout), "calibration_images": len(net.x_calib),
                "not_installed": skipped, "rows": rows, "quantization": report.quantization}

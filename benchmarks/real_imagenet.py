@@ -36,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_common import fmt, forecast_rows, result_row  # noqa: E402
 from split_samples import DEFAULT_SOURCE, split  # noqa: E402
 
 MODEL = "timm:tf_efficientnet_lite1"
@@ -74,26 +75,6 @@ def _cached(path: Path, compute: Callable[[], dict]) -> dict:
 
 # ---- our pipeline ---------------------------------------------------------------------------
 
-def _row(result) -> dict:
-    acc, parity, emu = result.accuracy or {}, result.parity or {}, result.emulation_parity or {}
-    return {"target": result.target, "status": result.status, "precision": result.precision,
-            "size_mb": round((result.size_bytes or 0) / 1e6, 3), "cosine_vs_float": parity.get("cosine"),
-            "cosine_vs_emulation": emu.get("cosine"), "top1": acc.get("top1"), "drop_top1": acc.get("drop_top1"),
-            "drop_ci95": acc.get("drop_top1_ci95"), "seconds_convert": result.seconds_convert,
-            "seconds_validate": result.seconds_validate, "reason": result.reason}
-
-
-def _forecast_rows(result) -> list[dict]:
-    rows = []
-    for v in (result.metadata or {}).get("emulated", []):
-        acc, parity = v.get("accuracy") or {}, v.get("parity") or {}
-        rows.append({"target": f"{result.target} [{v['name']}]", "status": "emulated here", "precision": v["name"],
-                     "size_mb": None, "cosine_vs_float": parity.get("cosine"), "cosine_vs_emulation": None,
-                     "top1": acc.get("top1"), "drop_top1": acc.get("drop_top1"),
-                     "drop_ci95": acc.get("drop_top1_ci95"), "reason": v.get("label")})
-    return rows
-
-
 def run_pipeline(targets: str, weights: Path, calib: Path, heldout: Path, out: Path) -> dict:
     """One `export` run: every target from one plan, judged on the held-out images."""
     from mnv4_deploy import export
@@ -107,7 +88,7 @@ def run_pipeline(targets: str, weights: Path, calib: Path, heldout: Path, out: P
     except KeyboardInterrupt:  # export wrote what finished; keep it
         log("interrupted: keeping the targets that finished")
         report, interrupted = Report.from_dict(json.loads((out / "report.json").read_text())), True
-    rows = [row for r in report.results for row in [_row(r), *_forecast_rows(r)]]
+    rows = [row for r in report.results for row in [result_row(r), *forecast_rows(r)]]
     onnx = next((r for r in report.results if r.target == "onnx" and r.artifact), None)
     return {"reference_top1": report.evaluation["reference_top1"], "evaluation": report.evaluation,
             "exit_code": report.exit_code, "interrupted": interrupted, "rows": rows,
@@ -250,10 +231,6 @@ def run_baselines(work: Path, float_onnx: Path, calib_dir: Path, heldout_dir: Pa
 
 # ---- output ---------------------------------------------------------------------------------
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _drop(row: dict) -> str:
     if row.get("drop_top1") is None:
         return "-"
@@ -294,8 +271,8 @@ def markdown(summary: dict) -> str:
              "| target | status | size MB | cosine vs float | cosine vs emulation | top-1 | drop pt (95% CI) |",
              "|---|---|---|---|---|---|---|"]
     for r in p["rows"]:
-        lines.append(f"| `{r['target']}` | {r['status']} | {_fmt(r['size_mb'], '.2f')} | {_fmt(r['cosine_vs_float'], '.6f')} | "
-                     f"{_fmt(r['cosine_vs_emulation'], '.6f')} | {_fmt(r['top1'], '.2f')} | {_drop(r)} |")
+        lines.append(f"| `{r['target']}` | {r['status']} | {fmt(r['size_mb'], '.2f')} | {fmt(r['cosine_vs_float'], '.6f')} | "
+                     f"{fmt(r['cosine_vs_emulation'], '.6f')} | {fmt(r['top1'], '.2f')} | {_drop(r)} |")
     left_out = [t for t in DEFAULT_TARGETS.split(",") if t not in summary["targets"].split(",")]
     if left_out:
         lines += ["", f"Not in this run: {', '.join(left_out)} (`--targets`)."]
@@ -305,8 +282,8 @@ def markdown(summary: dict) -> str:
               "| baseline | size MB | cosine vs float ONNX | top-1 | drop pt vs float ONNX (95% CI) | McNemar p |",
               "|---|---|---|---|---|---|"]
     for r in b["rows"]:
-        lines.append(f"| {r['label']} | {_fmt(r['size_mb'], '.2f')} | {_fmt(r['cosine_vs_float'], '.6f')} | "
-                     f"{_fmt(r['top1'], '.2f')} | {_drop(r)} | {_fmt(r['mcnemar_p'], '.3f')} |")
+        lines.append(f"| {r['label']} | {fmt(r['size_mb'], '.2f')} | {fmt(r['cosine_vs_float'], '.6f')} | "
+                     f"{fmt(r['top1'], '.2f')} | {_drop(r)} | {fmt(r['mcnemar_p'], '.3f')} |")
     lines += ["", f"## Goal: within {GOAL_POINTS} pt of float, no worse than NNCF", "", *verdicts(summary)]
     return "\n".join(lines) + "\n"
 

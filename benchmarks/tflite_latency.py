@@ -17,35 +17,21 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench_common import RESULTS, calibration_folder, interleaved_latency
+
 TARGETS = ("tflite", "tflite-fp16", "tflite-dynamic", "tflite-int8")
-RESULTS = Path(__file__).resolve().parent / "results"
-REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 THREADS = 2
 
 
-def _calibration_folder(tmp: Path) -> tuple[Path, str]:
-    if REAL_IMAGES.is_dir():
-        return REAL_IMAGES, f"{REAL_IMAGES} (real photos)"
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder = tmp / "calib"
-    folder.mkdir()
-    for i in range(32):
-        Image.fromarray(rng.uniform(0, 255, (2, 2, 3)).astype("uint8")).resize((256, 256)).save(folder / f"{i}.png")
-    return folder, "32 synthetic colour fields"
-
-
 def measure(paths: dict[str, str], runs: int) -> dict[str, dict[str, float]]:
-    """Interleaved batch-1 latency (ms) of each model in the LiteRT interpreter."""
+    """Interleaved batch-1 latency (ms) of each model in the LiteRT interpreter (invoke only)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreters, feeds = {}, {}
+    calls = {}
     rng = np.random.default_rng(0)
     for name, path in paths.items():
         it = Interpreter(model_path=path, num_threads=THREADS)
@@ -56,20 +42,9 @@ def measure(paths: dict[str, str], runs: int) -> dict[str, dict[str, float]]:
             scale, zero = detail["quantization"]
             info = np.iinfo(detail["dtype"])
             x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
-        interpreters[name], feeds[name] = it, (detail["index"], x)
-    times: dict[str, list[float]] = {k: [] for k in paths}
-    for _ in range(5):  # warm-up
-        for name, it in interpreters.items():
-            it.set_tensor(*feeds[name])
-            it.invoke()
-    for _ in range(runs):
-        for name, it in interpreters.items():
-            it.set_tensor(*feeds[name])
-            started = time.perf_counter()
-            it.invoke()
-            times[name].append((time.perf_counter() - started) * 1e3)
-    return {k: {"min_ms": float(np.min(v)), "p10_ms": float(np.percentile(v, 10)),
-                "median_ms": float(np.median(v)), "runs": len(v)} for k, v in times.items()}
+        it.set_tensor(detail["index"], x)  # the input stays set: every run invokes on it
+        calls[name] = it.invoke
+    return interleaved_latency(calls, runs, warmup=5)
 
 
 def _markdown(result: dict) -> str:
@@ -102,7 +77,7 @@ def main() -> None:
     from mnv4_deploy import export
 
     with tempfile.TemporaryDirectory() as tmp:
-        calib, calib_text = _calibration_folder(Path(tmp))
+        calib, calib_text = calibration_folder(Path(tmp))
         out = Path(tmp) / "out"
         report = export(args.model, ",".join(TARGETS), out, img_size=args.size, calib_data=calib,
                         calib_size=args.calib_size, log=lambda _: None)
