@@ -18,7 +18,6 @@ from mnv4_deploy.errors import UsageError
 
 KIND = "mnv4-deploy hb_mapper bundle"
 MANIFEST = "manifest.json"
-SUMS = SUMS_FILE
 SUFFIX = ".bpu"  # every bundle directory ends with .<march>.bpu
 
 
@@ -50,8 +49,8 @@ def write_manifest(bundle: Path, manifest: Mapping[str, Any]) -> Path:
 
 def write_sums(bundle: Path) -> Path:
     """SHA256SUMS over every file of the bundle but itself, sorted by path."""
-    path = bundle / SUMS
-    path.write_text(sha256sums(files_of(bundle, skip={SUMS}), bundle))
+    path = bundle / SUMS_FILE
+    path.write_text(sha256sums(files_of(bundle, skip={SUMS_FILE}), bundle))
     return path
 
 
