@@ -1,17 +1,23 @@
 """Peak memory and throughput of the streamed one-pass evaluation as the labeled set grows.
 
-    python benchmarks/eval_scale.py [--sizes 1000,5000,20000] [--workers 2] [--img-size 224]
-                                    [--work /tmp/mnv4-eval-scale]
+    python benchmarks/eval_scale.py [--sizes 1000,5000,20000] [--modes plain,streamed-onnx,...]
+                                    [--workers 2] [--img-size 224] [--work /tmp/mnv4-eval-scale]
 
 1. Makes max(--sizes) labeled JPEGs by augmenting ../shared/data/imagenet-samples (seeded crop,
    flip and brightness; each keeps its source's label; written once into --work, with labels.csv).
 2. Exports conv_small (random init) to onnx, onnx-int8 and tflite-int8 once (64 calibration images).
-3. For each N, in a fresh process: the reference (PyTorch) + the three artifacts in one streamed
-   pass over a seeded sample of N images (`evaluation.run_evaluation`, --workers decode processes);
-   and, for comparison, a plain loop that decodes with PIL in the main process and runs the onnx
-   artifact alone in onnxruntime on the same images.
+3. For each N and mode, in a fresh process, on the first N images:
+   - plain: a plain loop, PIL decode in the main process + the onnx artifact alone in onnxruntime;
+   - streamed-onnx: our pass as `--to onnx` runs it: reference (PyTorch) + onnx;
+   - plain-four: a plain loop running the same four models as the full pass on each image;
+   - streamed: our pass, reference + onnx + onnx-int8 + tflite-int8;
+   - streamed-reused: the full pass again, the reference's records reused from `streamed`'s run;
+   - streamed-engine: the onnx artifact alone through the pass (no reference).
+   Comparisons: plain vs streamed-onnx, plain-four vs streamed, and streamed-reused.
 Peak RSS: the evaluating process's own peak (ru_maxrss), and the peak of the sum over it and every
-process below it (decode workers), sampled every 0.2 s. Writes results/eval_scale.{json,md}.
+process below it (decode workers), sampled every 0.2 s. CPU seconds: user + system of the process
+and its waited-for children, which the other jobs on a shared host do not inflate as much as the
+wall clock. The 1-min load average is recorded beside every row. Writes results/eval_scale.{json,md}.
 """
 from __future__ import annotations
 
@@ -31,8 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "imagenet-samples"
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = ("onnx", "onnx-int8", "tflite-int8")
-MODE_NAMES = {"plain": "plain loop (PIL + onnxruntime, onnx only)", "streamed-onnx": "streamed, onnx artifact alone",
-              "streamed": "streamed one pass, reference + 3 targets"}
+MODE_NAMES = {"plain": "(a) plain loop: PIL + onnxruntime, onnx alone",
+              "streamed-onnx": "(b) streamed pass, reference + onnx (--to onnx)",
+              "plain-four": "(c) plain loop: PIL + reference + 3 targets",
+              "streamed": "(c) streamed pass, reference + 3 targets",
+              "streamed-reused": "(d) streamed pass, 3 targets, reference records reused",
+              "streamed-engine": "streamed pass, onnx artifact alone (no reference)"}
+COMPARISONS = (("plain", "streamed-onnx"), ("plain-four", "streamed"), ("plain-four", "streamed-reused"))
 MODES = tuple(MODE_NAMES)
 MODEL = "conv_small"
 
@@ -91,97 +102,167 @@ def make_dataset(folder: Path, count: int, workers: int) -> Path:
 # ---- measurement (child processes) --------------------------------------------------------------
 
 class TreeRss:
-    """Peak of the summed RSS of this process and all its descendants, sampled in a thread."""
+    """Peak of the summed RSS of this process and all its descendants, and their CPU time, sampled in a thread.
+
+    The decode workers are the forkserver's children, not ours, so `getrusage(RUSAGE_CHILDREN)`
+    never sees them: CPU seconds are the last sampled user + system time of every process of the
+    tree (a worker's last 0.2 s can be missed), minus what each had when the sampling began.
+    """
 
     def __init__(self, period: float = 0.2):
         import psutil
 
         self.me, self.period, self.peak = psutil.Process(), period, 0
+        self._started = False
+        self.cpu_start: dict[int, float] = {}
+        self.cpu_last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _loop(self) -> None:
+    def _sample(self) -> None:
         import psutil
 
+        total = 0
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+                times = proc.cpu_times()
+                self.cpu_last[proc.pid] = times.user + times.system
+                self.cpu_start.setdefault(proc.pid, 0.0 if self._started else self.cpu_last[proc.pid])
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
-            total = 0
-            for proc in [self.me, *self.me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self._sample()
             self._stop.wait(self.period)
 
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_last[pid] - self.cpu_start.get(pid, 0.0) for pid in self.cpu_last)
+
     def __enter__(self) -> "TreeRss":
+        self._sample()  # processes alive now count from their current CPU time; later ones from zero
+        self._started = True
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
 
 
 def _peak_self_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child_streamed(work: Path, n: int, workers: int, img_size: int, engine_only: bool = False) -> dict:
-    """The one pass; `engine_only`: the onnx artifact alone as the only side (the plain loop's work)."""
-    from mnv4_deploy import data, evaluation
-    from mnv4_deploy.batches import torch_runner
-    from mnv4_deploy.pipeline import prepare_model
+def _load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
+def _runners(work: Path) -> dict:
     from mnv4_deploy.registry import Artifact, load_target
 
-    quiet = lambda _m: None  # noqa: E731
-    prepared = prepare_model(MODEL, img_size=img_size, log=quiet)
-    artifacts = json.loads((work / "artifacts" / "manifest.json").read_text())["artifacts"]
     runners = {}
-    for art in artifacts:
+    for art in json.loads((work / "artifacts" / "manifest.json").read_text())["artifacts"]:
         conv = load_target(art["target"])
         runners[art["target"]] = conv.runner(Artifact(art["target"], work / "artifacts" / art["file"],
                                                       conv.info.precision)).run
-    labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
-    spec = evaluation.EvalSpec(labeled, prepared.contract, {"model": MODEL})
-    reference = torch_runner(prepared.canonical, one_thread=True)
-    if engine_only:
-        reference, runners = runners["onnx"], {}
-    before = _peak_self_mb()
-    out = work / f"streamed_{n}"
+    return runners
+
+
+def _timed(n: int, mode: str, body) -> dict:
+    """Run `body()` under the RSS sampler; the row's wall and CPU seconds, rates, peaks and load."""
+    load_before, before = _load(), _peak_self_mb()
     with TreeRss() as tree:
         started = time.perf_counter()
-        records = evaluation.run_evaluation(spec, reference, runners, out, workers=workers, log=quiet)
+        extra = body()
         seconds = time.perf_counter() - started
-    mode = MODE_NAMES["streamed-onnx" if engine_only else "streamed"]
-    return {"n": n, "mode": mode, "sides": ["onnx"] if engine_only else ["reference", *runners], "workers": workers,
-            "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
+    cpu = tree.cpu_seconds()
+    return {"n": n, "mode": MODE_NAMES[mode], "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
+            "cpu_seconds": round(cpu, 1), "cpu_ms_per_image": round(1000 * cpu / n, 2),
             "peak_rss_mb": round(_peak_self_mb(), 0), "peak_rss_mb_before_pass": round(before, 0),
-            "peak_tree_rss_mb": round(tree.peak / 2 ** 20, 0),
-            "model_seconds": json.loads((out / "eval" / "meta.json").read_text())["model_seconds"],
-            "reference_top1": records.describe(prepared.contract.sha256())["reference_top1"],
-            "top1": {t: round(records.accuracy(t).top1, 2) for t in runners}}
+            "peak_tree_rss_mb": round(tree.peak / 2 ** 20, 0), "load_before": load_before, "load_after": _load(),
+            **extra}
 
 
-def child_plain(work: Path, n: int, img_size: int) -> dict:
+def child_streamed(work: Path, n: int, workers: int, img_size: int, mode: str) -> dict:
+    """Our pass, as `mnv4-export --eval-data` runs it (EvalStage's reference runner and key)."""
+    from mnv4_deploy import data, evaluation
+    from mnv4_deploy.batches import torch_runner
+    from mnv4_deploy.eval_stage import EvalStage, reference_model
+    from mnv4_deploy.pipeline import prepare_model
+
+    prepared = prepare_model(MODEL, img_size=img_size, log=lambda _m: None)
+    runners = _runners(work)
+    labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
+    stage = EvalStage(labeled, prepared.contract)
+    identity = {"model": MODEL, "recipe": "default", "contract": prepared.contract.sha256(),
+                "eval_set": labeled.listing_sha256(prepared.contract), "eval_layout": labeled.layout}
+    spec = evaluation.EvalSpec(labeled, prepared.contract, identity,
+                               reference_key=stage.reference_key(prepared.canonical, identity))
+    reference = torch_runner(reference_model(prepared.canonical), one_thread=True)
+    out, reuse_from = work / f"{mode}_{n}", None
+    if mode == "streamed-onnx":
+        runners = {"onnx": runners["onnx"]}
+    elif mode == "streamed-engine":
+        reference, runners, spec.reference_key = runners["onnx"], {}, None
+    elif mode == "streamed-reused":
+        reuse_from = work / f"streamed_{n}" / evaluation.EVAL_DIR
+        if not (reuse_from / evaluation.META).is_file():
+            raise SystemExit(f"streamed-reused needs the streamed run's records: run mode streamed for N={n} first")
+    lines: list[str] = []
+
+    def body() -> dict:
+        records = evaluation.run_evaluation(spec, reference, runners, out, workers=workers, log=lines.append,
+                                            reference_from=reuse_from)
+        meta = json.loads((out / evaluation.EVAL_DIR / evaluation.META).read_text())
+        return {"sides": ([] if mode == "streamed-engine" else ["reference"]) + list(runners), "workers": workers,
+                "model_seconds": meta["model_seconds"], "reference_reused": meta["reference_reused"],
+                "reference_top1": records.describe(prepared.contract.sha256())["reference_top1"],
+                "top1": {t: round(records.accuracy(t).top1, 2) for t in runners}}
+
+    row = _timed(n, mode, body)
+    if mode == "streamed-reused" and row["reference_reused"] != n:
+        raise SystemExit(f"expected {n} reused reference records, got {row['reference_reused']}: " + " | ".join(lines))
+    return row
+
+
+def child_plain(work: Path, n: int, img_size: int, mode: str) -> dict:
+    """A plain loop: decode each image with PIL in this process, run the model(s) on it, count top-1.
+
+    `plain`: the onnx artifact alone in onnxruntime. `plain-four`: the reference through the pass's own
+    runner (channels-last copy, one torch thread: torch's default 2-thread pool beside onnxruntime's
+    threads ran this loop at 0.7 images/s under load) and the three artifacts through their runners.
+    """
     import numpy as np
     import onnxruntime as ort
 
-    from mnv4_deploy import data, models
+    from mnv4_deploy import data
+    from mnv4_deploy.batches import torch_runner
+    from mnv4_deploy.eval_stage import reference_model
+    from mnv4_deploy.pipeline import prepare_model
 
-    contract = models.contract_for(models.resolve(MODEL, None, img_size))
+    prepared = prepare_model(MODEL, img_size=img_size, log=lambda _m: None)
+    contract = prepared.contract
     labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
-    session = ort.InferenceSession(str(work / "artifacts" / f"{MODEL}.onnx"), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    correct = 0
-    with TreeRss() as tree:
-        started = time.perf_counter()
-        for path, label in zip(labeled.files, labeled.labels):  # the artifact has a fixed batch of 1
-            logits = session.run(None, {name: contract.load_image(path)[None]})[0]
-            correct += int(np.argmax(logits[0]) == label)
-        seconds = time.perf_counter() - started
-    return {"n": n, "mode": MODE_NAMES["plain"], "seconds": round(seconds, 1),
-            "images_per_s": round(n / seconds, 1), "peak_rss_mb": round(_peak_self_mb(), 0),
-            "peak_tree_rss_mb": round(tree.peak / 2 ** 20, 0), "top1_onnx": round(100 * correct / n, 2)}
+    if mode == "plain":
+        session = ort.InferenceSession(str(work / "artifacts" / f"{MODEL}.onnx"), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        models = {"onnx": lambda x: session.run(None, {name: x})[0]}
+    else:
+        models = {"reference": torch_runner(reference_model(prepared.canonical), one_thread=True), **_runners(work)}
+    correct = dict.fromkeys(models, 0)
+
+    def body() -> dict:
+        for path, label in zip(labeled.files, labeled.labels):  # the artifacts have a fixed batch of 1
+            x = contract.load_image(path)[None]
+            for side, run in models.items():
+                correct[side] += int(np.argmax(run(x)[0]) == label)
+        return {"sides": list(models), "top1": {s: round(100 * c / n, 2) for s, c in correct.items()}}
+
+    return _timed(n, mode, body)
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -204,18 +285,60 @@ def run_child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def cpu_flags() -> dict:
+    """`lscpu`'s model name and flags, and the SIMD ones that change the runtimes' int8/float kernels."""
+    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    simd = [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                      "amx_tile", "amx_int8", "amx_bf16")]
+    return {"model_name": fields.get("Model name", "").strip(), "simd": simd, "flags": flags}
+
+
+def _row_line(r: dict) -> str:
+    return (f"| {r['n']} | {r['mode']} | {r['images_per_s']} | {r.get('cpu_ms_per_image', '-')} | {r['seconds']} | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_tree_rss_mb']:.0f} | {r.get('load_before', '-')} -> "
+            f"{r.get('load_after', '-')} |")
+
+
+def comparisons(rows: list[dict]) -> list[str]:
+    """Baseline vs ours for each N where both were measured: wall-clock and CPU-time ratios."""
+    by = {(r["n"], r["mode"]): r for r in rows}
+    lines = ["| N | baseline | ours | baseline images/s | ours images/s | wall ratio (baseline/ours) | "
+             "CPU ms/image ours / baseline |", "|---|---|---|---|---|---|---|"]
+    for n in sorted({r["n"] for r in rows}):
+        for base, ours in COMPARISONS:
+            b, o = by.get((n, MODE_NAMES[base])), by.get((n, MODE_NAMES[ours]))
+            if b and o:
+                lines.append(f"| {n} | {base} | {ours} | {b['images_per_s']} | {o['images_per_s']} | "
+                             f"{b['images_per_s'] / o['images_per_s']:.2f}x | "
+                             f"{o['cpu_ms_per_image'] / b['cpu_ms_per_image']:.2f}x |")
+    return lines
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# Streamed evaluation at scale ({meta['model']} {meta['img_size']} px, random init)", "",
-             f"{meta['note']}", "",
-             "| N | mode | images/s | seconds | peak RSS main MB | peak RSS incl. workers MB | plain loop's images/s / this |",
-             "|---|---|---|---|---|---|---|"]
-    plain = {r["n"]: r for r in rows if r["mode"].startswith("plain")}
-    for r in rows:
-        ratio = (f"{plain[r['n']]['images_per_s'] / r['images_per_s']:.2f}x" if not r["mode"].startswith("plain")
-                 and r["n"] in plain else "-")
-        lines.append(f"| {r['n']} | {r['mode']} | {r['images_per_s']} | {r['seconds']} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['peak_tree_rss_mb']:.0f} | {ratio} |")
+             meta["note"], "", f"Host: {meta['cpu']['model_name']}, {meta['cpu_count']} cores, SIMD flags "
+             f"{' '.join(meta['cpu']['simd'])} (all flags in the JSON).", "",
+             "| N | mode | images/s | CPU ms/image | seconds | peak RSS main MB | peak RSS incl. workers MB | "
+             "1-min load before -> after |", "|---|---|---|---|---|---|---|---|"]
+    lines += [_row_line(r) for r in rows]
+    lines += ["", "Comparisons (a wall ratio above 1 means ours is slower; CPU time is what each spent, "
+              "whatever the other jobs on the host did):", "", *comparisons(rows)]
     return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> None:
+    rows.sort(key=lambda r: (r["n"], r["mode"]))
+    meta = {"model": MODEL, "img_size": args.img_size, "targets": list(TARGETS), "workers": args.workers,
+            "cpu_count": os.cpu_count(), "cpu": cpu_flags(), "python": platform.python_version(),
+            "note": (f"Modes (first N images of the same augmented set, {args.workers} decode worker processes for "
+                     "the streamed pass): " + "; ".join(f"{k}: {v}" for k, v in MODE_NAMES.items())
+                     + f". The host's {os.cpu_count()} cores are shared with other jobs: every row carries the 1-min "
+                     "load average before and after it, and its CPU time.")}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "eval_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "eval_scale.md").write_text(markdown(rows, meta))
 
 
 def main() -> None:
@@ -224,43 +347,34 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mnv4-eval-scale"))
-    parser.add_argument("--modes", default="plain,streamed-onnx,streamed",
-                        help="which measurements to (re)run; rows of other sizes and modes are kept")
+    parser.add_argument("--modes", default="plain,streamed-onnx,plain-four,streamed,streamed-reused",
+                        help="which measurements to (re)run, in this order; rows of other sizes and modes are kept")
     parser.add_argument("--child", choices=MODES)
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
-    if args.child in ("streamed", "streamed-onnx"):
-        print(json.dumps(child_streamed(args.work, args.n, args.workers, args.img_size, args.child != "streamed")))
-        return
-    if args.child == "plain":
-        print(json.dumps(child_plain(args.work, args.n, args.img_size)))
+    if args.child is not None:
+        run = child_plain(args.work, args.n, args.img_size, args.child) if args.child.startswith("plain") else \
+            child_streamed(args.work, args.n, args.workers, args.img_size, args.child)
+        print(json.dumps(run))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in MODE_NAMES]
+    if unknown:
+        raise SystemExit(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODE_NAMES)})")
     make_dataset(args.work / "data", max(sizes), args.workers)
     export_artifacts(args.work, args.img_size)
     previous = json.loads((RESULTS / "eval_scale.json").read_text())["rows"] if (RESULTS / "eval_scale.json").exists() else []
-    modes = [m for m in args.modes.split(",") if m]
     wanted = {(n, MODE_NAMES[m]) for n in sizes for m in modes}
-    rows = [r for r in previous if (r["n"], r["mode"]) not in wanted]  # earlier measurements are kept
+    current = set(MODE_NAMES.values())  # rows of modes this script no longer measures are dropped
+    rows = [r for r in previous if r["mode"] in current and (r["n"], r["mode"]) not in wanted]
     common = ["--work", str(args.work), "--img-size", str(args.img_size), "--workers", str(args.workers)]
     for n in sizes:
         for mode in modes:
             rows.append(run_child(["--child", mode, "--n", str(n), *common]))
             print(json.dumps(rows[-1]), file=sys.stderr)
-    load = os.getloadavg()
-    rows.sort(key=lambda r: (r["n"], r["mode"]))
-    meta = {"model": MODEL, "img_size": args.img_size, "targets": list(TARGETS), "workers": args.workers,
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "load_average_at_end": load,
-            "note": (f"reference + {', '.join(TARGETS)} in one pass with {args.workers} decode worker processes vs "
-                     "a plain loop (PIL decode in the main process + onnxruntime on the onnx artifact alone, image "
-                     "by image: the artifact has a fixed batch of 1), and the streamed engine running that same onnx "
-                     "artifact alone (the plain loop's work, through the worker pool and records), on "
-                     f"{os.cpu_count()} cores shared with other jobs (1-min load average at the end "
-                     f"{load[0]:.1f}), so absolute rates are inflated by contention.")}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "eval_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (RESULTS / "eval_scale.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+            write_results(rows, args)  # after every row: a long run interrupted keeps what it measured
+    print((RESULTS / "eval_scale.md").read_text())
 
 
 if __name__ == "__main__":
