@@ -65,7 +65,7 @@ class TargetOption:
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             wrong_type = False
         if wrong_type:
-            raise UsageError(f"{self.flag} {value!r}: expected a {self.type.__name__}")
+            raise UsageError(f"{self.flag} {value!r}: expected type {self.type.__name__}")
         if self.choices and value not in self.choices:
             raise UsageError(f"{self.flag} {value!r} is not one of {', '.join(map(str, self.choices))}")
 

@@ -71,10 +71,12 @@ def test_models_and_targets_commands():
     assert rows["onnx"]["installed"] is True and rows["onnx-fp16"]["precision"] == "fp16"
 
 
-def test_targets_listing_does_not_import_heavy_backends():
+def test_targets_listing_and_export_help_do_not_import_heavy_backends():
     code = ("import sys; from mnv4_deploy.cli import app; from typer.testing import CliRunner; "
             "r = CliRunner().invoke(app, ['targets']); assert r.exit_code == 0, r.output; "
-            "heavy = [m for m in ('torch', 'tensorflow', 'coremltools', 'onnxruntime', 'timm') if m in sys.modules]; "
+            "h = CliRunner().invoke(app, ['export', '--help']); assert h.exit_code == 0, h.output; "
+            "assert '--io-dtype' in h.output and '--bpu-input' in h.output, h.output; "
+            "heavy = [m for m in ('torch', 'tensorflow', 'coremltools', 'onnxruntime', 'timm', 'executorch', 'openvino') if m in sys.modules]; "
             "print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
