@@ -74,7 +74,8 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="output dire
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="timm-format state dict (.pth/.pt/.safetensors)")]
 PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="download timm's pretrained weights (needs network)")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="folder of images for the golden parity inputs "
-                                                 "[default: seeded synthetic]")]
+                                                 "[default: when --calib-data feeds an int8 target, images of it "
+                                                 "held out of the calibration sample; else seeded synthetic]")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="override the classifier size")]
 ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="override the input size (square)")]
 CalibDataOpt = Annotated[Optional[Path], typer.Option("--calib-data", help="folder of images for int8 calibration "

@@ -10,7 +10,7 @@ import hashlib
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -125,13 +125,20 @@ class ImageBatch:
     skipped: list[str] = field(default_factory=list)
     labels: np.ndarray | None = None
     sha256: str = ""
+    held_out_of: str = ""  # "calibration": golden images drawn from --calib-data, outside its sample
+    note: str = ""  # why the golden inputs are what they are, when a user would ask
 
     def __len__(self) -> int:
         return int(self.tensors.shape[0])
 
     def describe(self) -> dict:
-        return {"source": self.source, "count": len(self), "sha256": self.sha256,
-                "skipped": self.skipped, "labeled": self.labels is not None}
+        out = {"source": self.source, "count": len(self), "sha256": self.sha256,
+               "skipped": self.skipped, "labeled": self.labels is not None}
+        if self.held_out_of:
+            out["held_out_of"] = self.held_out_of
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 def _hash_batch(contract: Preprocess, entries: Sequence[str]) -> str:
@@ -236,12 +243,63 @@ def synthetic_batch(contract: Preprocess, count: int, seed: int = 0) -> ImageBat
 
 
 def golden_batch(contract: Preprocess, data_dir: str | Path | None, count: int = 8, seed: int = 0,
-                 log: Log = _noop) -> ImageBatch:
-    """The fixed inputs parity is judged on: real images when given, seeded synthetic otherwise."""
-    if data_dir is None:
+                 log: Log = _noop, calib_dir: str | Path | None = None, calib_count: int = 0,
+                 calib_seed: int = 0) -> ImageBatch:
+    """The fixed inputs parity is judged on, in this order of preference:
+
+    `--data` images when given; else, when a calibration sample of `calib_count` images is drawn
+    from `calib_dir`, `count` other images of that folder (a trained model judged on photos like
+    those it serves: int8 MobileNet-V3 follows float on real images, not on synthetic ones); else
+    seeded synthetic images.
+    """
+    if data_dir is not None:
+        return image_folder_batch(data_dir, contract, count, seed, option="--data", log=log, minimum=GOLDEN_MINIMUM,
+                                  needed_for="random-init BatchNorm re-estimation and the parity statistics")
+    if calib_dir is None:
         return synthetic_batch(contract, count, seed)
-    return image_folder_batch(data_dir, contract, count, seed, option="--data", log=log, minimum=GOLDEN_MINIMUM,
-                              needed_for="random-init BatchNorm re-estimation and the parity statistics")
+    held = held_out_batch(calib_dir, contract, count, calib_count, calib_seed, log)
+    if held is not None:
+        return held
+    note = (f"synthetic: --calib-data {printable_path(Path(calib_dir))} has no readable images beyond the "
+            f"calibration sample ({calib_count} drawn); pass --data DIR (or a larger --calib-data) for real golden images")
+    log(f"golden inputs: {note}")
+    return replace(synthetic_batch(contract, count, seed), note=note)
+
+
+def held_out_batch(calib_dir: str | Path, contract: Preprocess, count: int, calib_count: int, calib_seed: int,
+                   log: Log = _noop) -> ImageBatch | None:
+    """Up to `count` images of `calib_dir` that the seeded calibration draw does not pick.
+
+    Calibration reads `draw_order(files, calib_count, calib_seed)` from the front (its sample,
+    then replacements for unreadable files); these are read from the back of the same order, so
+    the two never meet while the folder has enough readable images for both (`check_held_out`
+    confirms it once calibration is read). None when fewer than GOLDEN_MINIMUM spare images read.
+    """
+    root = Path(calib_dir)
+    files = find_images(root, "--calib-data", log)
+    spare = draw_order(len(files), calib_count, calib_seed)[calib_count:][::-1]
+    if len(spare) < GOLDEN_MINIMUM:
+        return None
+    try:
+        batch = load_images([files[i] for i in spare], contract, root, "--calib-data", log, count=count,
+                            minimum=GOLDEN_MINIMUM, sort_keys=spare)
+    except UsageError:  # the spare images do not read: as if there were none
+        return None
+    if len(batch) < count:
+        log(f"warning: --calib-data {printable_path(root)} spares {len(batch)} readable images beyond the "
+            f"calibration sample, fewer than the {count} golden inputs asked for; using them")
+    return replace(batch, held_out_of="calibration")
+
+
+def check_held_out(golden: ImageBatch, calibration_files: Sequence[str]) -> None:
+    """Golden images held out of calibration must not be among the calibration images actually read."""
+    if golden.held_out_of != "calibration":
+        return
+    shared = sorted(set(golden.files) & set(calibration_files))
+    if shared:
+        raise UsageError(f"--calib-data {golden.source}: {shared[0]} is both a calibration and a golden image "
+                         f"({len(shared)} shared): too few readable images beyond the calibration sample",
+                         "pass --data DIR with images for parity, or add readable images to --calib-data")
 
 
 # ---- labeled sets ---------------------------------------------------------------------------

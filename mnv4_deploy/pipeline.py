@@ -58,8 +58,13 @@ def _torch_seed(seed: int) -> None:
 def prepare_model(model: "str | Any", *, contract: Preprocess | None = None, name: str | None = None,
                   weights: str | Path | None = None, pretrained: bool = False, num_classes: int | None = None,
                   img_size: int | None = None, data: str | Path | None = None, golden_count: int = 8,
-                  seed: int = 0, fold: bool = True, recipe: Recipe | None = None, log: Log = print) -> PreparedModel:
-    """Load (or take) the model, make random init informative, canonicalize and verify it."""
+                  seed: int = 0, fold: bool = True, recipe: Recipe | None = None, log: Log = print,
+                  calib_data: str | Path | None = None, calib_size: int | None = None) -> PreparedModel:
+    """Load (or take) the model, make random init informative, canonicalize and verify it.
+
+    Golden inputs: `data` when given; else, with `calib_data`, images of it held out of the
+    calibration sample (`calib_size` or the recipe's, drawn with the recipe's seed); else synthetic.
+    """
     import torch
 
     if weights is not None and pretrained:
@@ -78,9 +83,12 @@ def prepare_model(model: "str | Any", *, contract: Preprocess | None = None, nam
         info = {"name": name or type(model).__name__, "timm_name": None, "source": "torch.nn.Module"}
     else:
         raise UsageError(f"model must be a name or a torch.nn.Module, not {type(model).__name__}")
-    golden = datasets.golden_batch(contract, data, golden_count, seed, log=log)
+    calib_recipe = recipe or load_recipe()
+    golden = datasets.golden_batch(contract, data, golden_count, seed, log=log, calib_dir=calib_data,
+                                   calib_count=calib_size or calib_recipe.calibration_size,
+                                   calib_seed=calib_recipe.calibration_seed)
     if golden.skipped:
-        log(f"warning: skipped {len(golden.skipped)} unreadable images in --data")
+        log(f"warning: skipped {len(golden.skipped)} unreadable images in {'--data' if data else '--calib-data'}")
     x = torch.from_numpy(golden.tensors)
     if weights is not None:
         info["weights"] = "file"
@@ -418,9 +426,11 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
     out_dir = ensure_writable_dir(out_path)
     with output_lock(out_dir, log=log):  # one run per --out; stale temp work of killed runs removed
         step("prepare model")
+        calibrating = calib_data is not None and any(c.info.needs_calibration for c in converters)
         prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
                                  num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
-                                 seed=seed, fold=options.fold, recipe=recipe, log=log)
+                                 seed=seed, fold=options.fold, recipe=recipe, log=log,
+                                 calib_data=calib_data if calibrating else None, calib_size=calib_size)
         ctx = RunContext(prepared=prepared, recipe=recipe, options=options, out_dir=out_dir,
                          stem=label.replace(":", "_").replace("/", "_"), max_drop=max_drop, log=log)
         if calib_data is not None and any(c.info.needs_calibration for c in converters):
@@ -431,6 +441,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
                 held=max(CALIBRATION_HELD, recipe.section("calibration").get("correction_size", 0)))
             prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
             log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
+            datasets.check_held_out(prepared.golden, ctx.calibration.files)
         ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)
         if ctx.eval_stage is not None and any(c.info.needs_calibration for c in converters):
             step("held labeled images")
