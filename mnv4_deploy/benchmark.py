@@ -19,7 +19,7 @@ from . import pipeline
 from .errors import (EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_OUTPUT_IN_USE, EXIT_PARITY, EXIT_USAGE, DeployError,
                      UsageError)
 from .progress import Progress
-from .registry import ExportOptions, TargetLoadError, build_order, find_targets, load_target, parse_targets
+from .registry import TargetLoadError, build_order, find_targets, load_target, options_for, parse_targets
 from .report import (ACCURACY_FAILED, BACKEND_MISSING, EXPORT_FAILED, NOT_RUN_HERE, PASSED, SKIPPED, STATUS_TEXT,
                      VALIDATION_FAILED, Report, TargetResult)
 
@@ -51,6 +51,7 @@ class MatrixSpec:
     sensitivity_images: int = SENSITIVITY_IMAGES
     weights: Mapping[str, Path] = field(default_factory=dict)  # model -> state-dict file (else random init)
     pretrained: bool = False  # timm's hub weights for models without a file (needs network)
+    options: Mapping[str, Any] = field(default_factory=dict)  # target options (deploy.yaml options:)
 
     def target_names(self) -> list[str]:
         return parse_targets("all" if self.targets == "all" else list(self.targets))
@@ -62,7 +63,8 @@ class MatrixSpec:
                 "eval_size": self.eval_size, "max_drop": self.max_drop, "min_cosine": dict(self.min_cosine),
                 "quant_config": self.quant_config, "sensitivity_images": self.sensitivity_images,
                 "latency": {"warmup": self.warmup, "runs": self.runs, "batch": 1},
-                "weights": {m: str(p) for m, p in self.weights.items()}, "pretrained": self.pretrained}
+                "weights": {m: str(p) for m, p in self.weights.items()}, "pretrained": self.pretrained,
+                "options": dict(self.options)}
 
 
 def host_facts() -> dict[str, Any]:
@@ -177,7 +179,8 @@ def run_model(model: str, spec: MatrixSpec, selection: Selection, out_dir: Path,
                             weights=weights, pretrained=spec.pretrained and weights is None,
                             golden_count=spec.golden_count, seed=spec.seed, calib_data=spec.calib_data,
                             calib_size=spec.calib_size, eval_data=spec.eval_data, eval_size=spec.eval_size,
-                            max_drop=spec.max_drop, options=ExportOptions(), quant_config=spec.quant_config,
+                            max_drop=spec.max_drop, options=options_for(spec.options, selection.runnable),
+                            quant_config=spec.quant_config,
                             log=progress.log, step=progress.step, sensitivity_images=spec.sensitivity_images)
         except DeployError as exc:
             if exc.exit_code in (EXIT_USAGE, EXIT_OUTPUT_IN_USE):  # bad input / a busy --out: stop, as export would

@@ -25,10 +25,11 @@ import yaml
 
 from .benchmark import SENSITIVITY_IMAGES, MatrixSpec, model_dir_name
 from .errors import UsageError
-from .registry import find_targets, load_target, parse_targets
+from .options import unknown_option
+from .registry import declared_options, find_targets, load_target, option_owners, parse_targets
 
 TOP_KEYS = {"models", "targets", "img_size", "data", "thresholds", "out", "latency", "quant_config", "seed", "weights",
-            "pretrained", "sensitivity_images"}
+            "pretrained", "sensitivity_images", "options"}
 DATA_KEYS = {"calib", "calib_size", "eval", "eval_size", "golden", "golden_count"}
 THRESHOLD_KEYS = {"max_drop", "min_cosine"}
 LATENCY_KEYS = {"warmup", "runs"}
@@ -96,6 +97,31 @@ def check_min_cosine(value: Any, targets: Sequence[str], where: str) -> dict[str
                              f"add it to targets, or drop it; targets: {', '.join(targets)}")
         _number(floor, f"min_cosine.{name}", -1.0, 1.0, Path(where))
     return {str(k): float(v) for k, v in value.items()}
+
+
+def check_target_options(value: Any, targets: Sequence[str], where: str) -> dict[str, Any]:
+    """`options:` of a deploy YAML: target options by name (as in `export --help`, with underscores).
+
+    Each must be declared by a registered target and used by one of `targets`; each model's
+    export then gets the ones its targets honour (registry.options_for).
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: options must be a mapping of target options", "e.g. options: {io_dtype: int8}")
+    declared, owners = declared_options(), option_owners()
+    for name, item in value.items():
+        if name not in declared:
+            err = unknown_option(str(name), declared)
+            raise UsageError(f"{where}: options: {err.message}", err.hint)
+        try:
+            declared[name].check_value(item)
+        except UsageError as exc:
+            raise UsageError(f"{where}: options.{name}: {exc.message}", exc.hint) from None
+        if not set(owners[name]) & set(targets):
+            raise UsageError(f"{where}: options.{name} is not used by any target of the config",
+                             f"targets that use it: {', '.join(owners[name])}")
+    return {str(k): v for k, v in value.items()}
 
 
 def load_config(path: str | Path, out: str | Path | None = None, check_data: bool = True) -> MatrixSpec:
@@ -167,6 +193,7 @@ def load_config(path: str | Path, out: str | Path | None = None, check_data: boo
                                    path, integer=True),
         warmup=_number(latency.get("warmup", 3), "latency.warmup", 0, 1000, path, integer=True),
         runs=_number(latency.get("runs", 20), "latency.runs", 1, 100000, path, integer=True),
+        options=check_target_options(raw.get("options"), targets, str(path)),
     )
 
 

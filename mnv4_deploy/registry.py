@@ -376,6 +376,18 @@ def declared_options(eps: Mapping[str, EntryPoint] | None = None) -> dict[str, T
     return dict(_declared_options(tuple((name, ep.value) for name, ep in eps.items())))
 
 
+def options_for(values: Mapping[str, Any], targets: Sequence[str],
+                eps: Mapping[str, EntryPoint] | None = None) -> dict[str, Any]:
+    """A matrix's target options narrowed to those `targets` honour (the core's own always pass).
+
+    benchmark and build export a model's (or a unit's) targets together: an option only some
+    targets of the matrix honour must not make an export of the others refuse it.
+    """
+    eps = find_targets() if eps is None else eps
+    honoured = set(CORE_OPTIONS).union(*(load_target(t, eps).info.option_names() for t in targets))
+    return {name: value for name, value in values.items() if name in honoured}
+
+
 def option_owners(eps: Mapping[str, EntryPoint] | None = None) -> dict[str, list[str]]:
     """Option name -> the registered targets that declare it (for help texts and errors)."""
     eps = find_targets() if eps is None else eps

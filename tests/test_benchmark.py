@@ -15,7 +15,7 @@ from mnv4_deploy import pipeline
 from mnv4_deploy.benchmark import MatrixSpec, select_targets
 from mnv4_deploy.cli import app
 from mnv4_deploy.progress import PLAIN, Progress
-from mnv4_deploy.registry import TargetInfo
+from mnv4_deploy.registry import Converter, TargetInfo
 
 from conftest import SMALL
 
@@ -145,7 +145,7 @@ def test_interrupted_run_keeps_what_finished_and_exits_130(tmp_path, monkeypatch
     assert not list(tmp_path.rglob(".tmp-*"))  # nothing half-written
 
 
-class _FakeConverter:
+class _FakeConverter(Converter):
     def __init__(self, info):
         self.info = info
 

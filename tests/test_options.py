@@ -5,6 +5,7 @@ import pickle
 import sys
 import types
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,44 @@ def test_a_mapping_of_options_is_accepted_by_the_api():
     names = [c.info.name for c in resolve_converters("onnx,onnx-int8", {"fold": False, "opset": 13})]
     assert names == ["onnx", "onnx-int8"]
     assert [c.info.name for c in resolve_converters("onnx", {"dynamic_batch": True})] == ["onnx"]
+
+
+def _deploy_yaml(tmp_path, targets: str, options: str) -> Path:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(f"models: [conv_small]\ntargets: [{targets}]\n{options}\n")
+    return path
+
+
+def test_a_deploy_config_takes_target_options_and_each_export_gets_those_its_targets_honour(tmp_path):
+    from mnv4_deploy.benchmark import Selection, run_model
+    from mnv4_deploy.build import load_config
+    from mnv4_deploy.progress import QUIET, Progress
+
+    spec = load_config(_deploy_yaml(tmp_path, "onnx, tflite", "options: {layout: nchw}"), check_data=False)
+    assert spec.options == {"layout": "nchw"} and spec.settings()["options"] == {"layout": "nchw"}
+    seen = {}
+
+    def fake_export(model, targets, out, *, options, **kwargs):
+        seen[tuple(targets)] = options
+        raise UsageError("stop here")
+
+    for targets in (["onnx"], ["onnx", "tflite"]):
+        with pytest.raises(UsageError, match="stop here"):
+            run_model("conv_small", spec, Selection(targets, {}, targets), tmp_path / "out", Progress(mode=QUIET),
+                      export=fake_export)
+    assert seen == {("onnx",): {}, ("onnx", "tflite"): {"layout": "nchw"}}
+
+
+@pytest.mark.parametrize("targets, options, message", [
+    ("onnx, tflite", "options: {io_dype: int8}", "options: unknown export option 'io_dype' (did you mean io_dtype?)"),
+    ("onnx", "options: {io_dtype: int8}",
+     "options.io_dtype is not used by any target of the config (targets that use it: edgetpu, tflite-int8)"),
+    ("tflite", "options: {layout: NHWC}", "options.layout: --layout 'NHWC' is not one of nhwc, nchw"),
+    ("tflite", "options: [layout]", "options must be a mapping of target options"),
+])
+def test_a_deploy_config_with_a_bad_option_is_one_line(tmp_path, targets, options, message):
+    from mnv4_deploy.build import load_config
+
+    with pytest.raises(UsageError) as err:
+        load_config(_deploy_yaml(tmp_path, targets, options), check_data=False)
+    assert message in str(err.value)
