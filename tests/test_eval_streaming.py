@@ -450,3 +450,66 @@ def test_model_hash_sees_every_weight_and_the_channels_last_copy_leaves_the_mode
     with torch.no_grad():
         model.norm.running_var[0] += 1e-3  # a buffer, not a parameter
     assert eval_stage.model_sha256(model) != before
+
+
+# ---- bad input through the command line: one line, exit 2, nothing half-written ---------------------
+
+def _bad_devkit(root: Path, truth: str) -> Path:
+    wnids = data.imagenet_wnids()
+    _write_devkit(root, [1, 2], {1: wnids[3], 2: wnids[4]})
+    (root / "ILSVRC2012_devkit_t12" / "data" / data.DEVKIT_GROUND_TRUTH).write_text(truth)
+    return root
+
+
+def _other_runs_records(root: Path, labeled_dir: Path) -> Path:
+    evaluation.run_evaluation(_spec(labeled_dir), _logits, {"onnx": _logits}, root, workers=0, log=lambda _m: None)
+    return labeled_dir
+
+
+@pytest.mark.parametrize("case, extra, message", [  # the devkit and resume cases load conv_small first: slow
+    pytest.param("short ground truth", [], "has 1 labels but", marks=pytest.mark.slow),
+    pytest.param("id out of range", [], "id '1001' is not a devkit class id", marks=pytest.mark.slow),
+    ("shard 0/0", ["--eval-shard", "0/0"], "--eval-shard 0/0: K must be between 1 and N"),
+    pytest.param("resume another run", ["--resume"], "holds records of another run: artifacts differs",
+                 marks=pytest.mark.slow),
+])
+def test_cli_eval_bad_input_is_one_line_exit_2(labeled_dir, tmp_path, case, extra, message):
+    from typer.testing import CliRunner
+
+    from mnv4_deploy.cli import app
+
+    out = tmp_path / "out"
+    if case == "short ground truth":
+        eval_dir = _bad_devkit(tmp_path / "set", "1\n")
+    elif case == "id out of range":
+        eval_dir = _bad_devkit(tmp_path / "set", "1\n1001\n")
+    elif case == "resume another run":
+        eval_dir = _other_runs_records(out, labeled_dir)
+    else:
+        eval_dir = labeled_dir
+    result = CliRunner().invoke(app, ["export", "--model", "conv_small", "--img-size", "64", "--golden-count", "3",
+                                      "--to", "onnx", "--eval-data", str(eval_dir), "--eval-workers", "0",
+                                      "--out", str(out), *extra])
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    if case != "resume another run":  # refused before any conversion
+        assert not list(out.rglob("*.onnx"))
+    else:  # the other run's records are left as they were
+        assert json.loads((out / "eval" / "meta.json").read_text())["run"]["model"] == "m"
+
+
+def test_cli_merge_of_shards_from_another_contract_names_the_field(labeled_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mnv4_deploy.cli import app
+
+    for k, contract in ((1, CONTRACT.sha256()), (2, "0" * 64)):
+        spec = _spec(labeled_dir, contract=contract)
+        spec.shard = evaluation.ShardSpec(k, 2)
+        evaluation.run_evaluation(spec, _logits, {"t": _logits}, tmp_path / f"s{k}", workers=0, log=lambda _m: None)
+    result = CliRunner().invoke(app, ["merge-eval", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out",
+                                      str(tmp_path / "m")])
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 2 and len(lines) == 1 and "contract differs" in lines[0], result.output
+    assert not (tmp_path / "m" / "eval" / "reference.npz").exists()
