@@ -13,34 +13,23 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mnv4_deploy import export
 from mnv4_deploy.cli import app
-from mnv4_deploy.errors import BackendMissing, DeployError, UsageError
+from mnv4_deploy.errors import DeployError, UsageError
 
+from target_checks import check_missing_backend_names_the_extra, check_rejudged_and_other_model_refused, export_digits
 from test_int8_pipeline import INT8_BOUND
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
                                 reason="needs mnv4-deploy[executorch] (pip install 'mnv4-deploy[executorch]')")
 
-QUIET = dict(log=lambda _: None)
 cli = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def digits_run(trained_digits, digit_folders, tmp_path_factory):
     """executorch and executorch-int8 of the trained digits net in one run (one plan, 594 held-out images)."""
-    import torch
-
     out = tmp_path_factory.mktemp("digits-et") / "out"
-    net, (calib, heldout) = trained_digits, digit_folders
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # 32x32 tensors: see conftest.one_torch_thread
-    try:
-        report = export(net.model, "executorch,executorch-int8", out, contract=net.contract, name="digits",
-                        calib_data=calib, eval_data=heldout, **QUIET)
-    finally:
-        torch.set_num_threads(previous)
-    return report, out
+    return export_digits(trained_digits, digit_folders, "executorch,executorch-int8", out), out
 
 
 def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_run):
@@ -82,17 +71,10 @@ def test_the_program_carries_contract_classes_and_plan_hash(digits_run, trained_
 
 
 def test_validate_rejudges_the_program_and_names_another_model(digits_run, trained_digits):
-    from mnv4_deploy.pipeline import validate_artifact
-
     _, out = digits_run
-    net = trained_digits
-    again = validate_artifact(out / "digits.pte", net.model, contract=net.contract, name="digits", golden_count=3,
-                              **QUIET)
-    assert again.exit_code == 0 and again.results[0].target == "executorch"
+    again = check_rejudged_and_other_model_refused(out / "digits.pte", "executorch", out / "digits.int8.pte",
+                                                   trained_digits)
     assert again.results[0].parity["sqnr_db"] > 60
-    result = cli.invoke(app, ["validate", str(out / "digits.int8.pte"), "-m", "conv_small", "--img-size", "64",
-                              "--golden-count", "2"])
-    assert result.exit_code == 2 and "input shape [1, 3, 32, 32] does not match the model's" in result.stderr
 
 
 def test_corrupt_programs_are_refused_in_one_line(tmp_path):
@@ -114,11 +96,7 @@ def test_corrupt_programs_are_refused_in_one_line(tmp_path):
 def test_missing_backend_names_the_extra(monkeypatch):
     from converters.executorch import EXECUTORCH_INT8
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
-    with pytest.raises(BackendMissing, match=r"mnv4-deploy\[executorch\]") as caught:
-        EXECUTORCH_INT8.info.require_backends()
-    assert caught.value.exit_code == 5
+    check_missing_backend_names_the_extra(monkeypatch, EXECUTORCH_INT8, "executorch", "executorch")
 
 
 class _WithCumsum:

@@ -16,34 +16,25 @@ from typer.testing import CliRunner
 
 from mnv4_deploy import export
 from mnv4_deploy.cli import app
-from mnv4_deploy.errors import BackendMissing, UsageError
+from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import ExportOptions
 
 from conftest import SMALL
+from target_checks import QUIET, check_missing_backend_names_the_extra, check_rejudged_and_other_model_refused, \
+    export_digits
 from test_int8_pipeline import INT8_BOUND
 
 pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("openvino", "onnx", "onnxsim")),
                                 reason="needs mnv4-deploy[openvino] (pip install 'mnv4-deploy[openvino]')")
 
-QUIET = dict(log=lambda _: None)
 cli = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def digits_run(trained_digits, digit_folders, tmp_path_factory):
     """openvino, openvino-int8 and onnx-int8 of the trained digits net in one run (one plan)."""
-    import torch
-
     out = tmp_path_factory.mktemp("digits-ov") / "out"
-    net, (calib, heldout) = trained_digits, digit_folders
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # 32x32 tensors: see conftest.one_torch_thread
-    try:
-        report = export(net.model, "openvino,openvino-int8,onnx-int8", out, contract=net.contract, name="digits",
-                        calib_data=calib, eval_data=heldout, **QUIET)
-    finally:
-        torch.set_num_threads(previous)
-    return report, out
+    return export_digits(trained_digits, digit_folders, "openvino,openvino-int8,onnx-int8", out), out
 
 
 def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_run):
@@ -77,16 +68,9 @@ def test_the_ir_carries_contract_classes_and_plan_hash(digits_run, trained_digit
 
 
 def test_validate_rejudges_the_ir_and_names_another_model(digits_run, trained_digits):
-    from mnv4_deploy.pipeline import validate_artifact
-
     _, out = digits_run
-    net = trained_digits
-    again = validate_artifact(out / "digits.openvino", net.model, contract=net.contract, name="digits",
-                              golden_count=3, **QUIET)
-    assert again.exit_code == 0 and again.results[0].target == "openvino"
-    result = cli.invoke(app, ["validate", str(out / "digits.int8.openvino"), "-m", "conv_small", "--img-size", "64",
-                              "--golden-count", "2"])
-    assert result.exit_code == 2 and "input shape [1, 3, 32, 32] does not match the model's" in result.stderr
+    check_rejudged_and_other_model_refused(out / "digits.openvino", "openvino", out / "digits.int8.openvino",
+                                           trained_digits)
 
 
 def test_corrupt_or_incomplete_irs_are_refused_in_one_line(digits_run, tmp_path):
@@ -140,11 +124,7 @@ def test_ir_bytes_are_reproducible(tmp_path):
 def test_missing_backend_names_the_extra(monkeypatch):
     from converters.openvino import OPENVINO_FP32
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
-    with pytest.raises(BackendMissing, match=r"mnv4-deploy\[openvino\]") as caught:
-        OPENVINO_FP32.info.require_backends()
-    assert caught.value.exit_code == 5
+    check_missing_backend_names_the_extra(monkeypatch, OPENVINO_FP32, "openvino", "openvino")
 
 
 def test_runner_takes_any_batch_size(digits_run, trained_digits):
