@@ -79,14 +79,14 @@ def result_row(result: Any) -> dict:
 
 
 def forecast_rows(result: Any) -> list[dict]:
-    """Numbers a converter measured beside its artifact (the BPU bundle's NV12 / int8 forecasts)."""
+    """The extra rows a converter judged beside its artifact (`extra_judgements`: the BPU's board forecasts)."""
     rows = []
-    for v in (result.metadata or {}).get("emulated", []):
-        acc, parity = v.get("accuracy") or {}, v.get("parity") or {}
-        rows.append({"target": f"{result.target} [{v['name']}]", "status": "emulated here", "precision": v["name"],
+    for judged in result.extra_judgements:
+        acc, parity = judged.accuracy or {}, judged.parity or {}
+        rows.append({"target": f"{result.target} [{judged.name}]", "status": "emulated here", "precision": judged.name,
                      "size_mb": None, "cosine_vs_float": parity.get("cosine"), "cosine_vs_emulation": None,
                      "top1": acc.get("top1"), "drop_top1": acc.get("drop_top1"),
-                     "drop_ci95": acc.get("drop_top1_ci95"), "reason": v.get("label")})
+                     "drop_ci95": acc.get("drop_top1_ci95"), "reason": judged.label})
     return rows
 
 
