@@ -65,7 +65,7 @@ def decode_chunk(contract: Preprocess, chunk: int, positions: Sequence[int], pat
         kept.append(position)
         shas.append(_file_sha256(path))
     h, w = contract.crop_size
-    stacked = np.stack(tensors).astype(np.float32) if tensors else np.zeros((0, 3, h, w), np.float32)
+    stacked = np.stack(tensors).astype(np.float32, copy=False) if tensors else np.zeros((0, 3, h, w), np.float32)
     return DecodedChunk(chunk, kept, stacked, shas, skipped)
 
 
