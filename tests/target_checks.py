@@ -31,6 +31,49 @@ def export_digits(net: Any, folders: tuple[Path, Path], targets: str, out: Path,
                       eval_data=heldout, **QUIET, **kwargs)
 
 
+def digits_run_fixture(targets: str) -> Any:
+    """A module-scoped `digits_run` fixture: (report, out) of one digits run of `targets` (one plan)."""
+
+    @pytest.fixture(scope="module")
+    def digits_run(trained_digits, digit_folders, tmp_path_factory):
+        out = tmp_path_factory.mktemp(f"digits-{targets.split(',')[0]}") / "out"
+        return export_digits(trained_digits, digit_folders, targets, out), out
+
+    return digits_run
+
+
+def check_digits_fp32_and_int8(report: Any, fp32: str, int8: str) -> tuple[Any, Any]:
+    """The digits run passed; the fp32 form is exact (no drop) and the int8 form keeps the onnx-int8 bound.
+
+    Returns both results for the target-specific checks.
+    """
+    from test_int8_pipeline import INT8_BOUND
+
+    assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
+    fp32_result, int8_result = report.result(fp32), report.result(int8)
+    assert fp32_result.parity["sqnr_db"] > 60 and fp32_result.accuracy["drop_top1"] == 0.0
+    assert int8_result.accuracy["drop_top1"] <= INT8_BOUND, int8_result.accuracy
+    return fp32_result, int8_result
+
+
+def inspect_digits_artifact(path: Path, target: str, fmt: str) -> dict:
+    """`mnv4-deploy inspect` of a digits artifact: its target, format, 32 px input and 10 classes.
+
+    Returns the artifact's embedded metadata.
+    """
+    import json
+
+    from mnv4_deploy.cli import app
+
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["target"] == target and facts["format"] == fmt
+    assert facts["inputs"][0]["shape"] == [1, 3, 32, 32] and facts["outputs"][0]["shape"] == [1, 10]
+    assert facts["metadata"]["num_classes"] == 10
+    return facts["metadata"]
+
+
 def check_rejudged_and_other_model_refused(fp32_artifact: Path, target: str, int8_artifact: Path, net: Any) -> Any:
     """`validate` passes the digits artifact against its model, and names the shape of another model (exit 2).
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from mnv4_deploy.cli import app
 from mnv4_deploy.errors import DeployError, UsageError
 
-from target_checks import check_missing_backend_names_the_extra, check_rejudged_and_other_model_refused, export_digits
-from test_int8_pipeline import INT8_BOUND
+from target_checks import check_digits_fp32_and_int8, check_missing_backend_names_the_extra, \
+    check_rejudged_and_other_model_refused, digits_run_fixture, inspect_digits_artifact
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
                                 reason="needs mnv4-deploy[executorch] (pip install 'mnv4-deploy[executorch]')")
@@ -25,19 +25,13 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
 cli = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def digits_run(trained_digits, digit_folders, tmp_path_factory):
-    """executorch and executorch-int8 of the trained digits net in one run (one plan, 594 held-out images)."""
-    out = tmp_path_factory.mktemp("digits-et") / "out"
-    return export_digits(trained_digits, digit_folders, "executorch,executorch-int8", out), out
+# executorch and executorch-int8 of the trained digits net in one run (one plan, 594 held-out images).
+digits_run = digits_run_fixture("executorch,executorch-int8")
 
 
 def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_run):
     report, out = digits_run
-    assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
-    fp32, int8 = report.result("executorch"), report.result("executorch-int8")
-    assert fp32.parity["sqnr_db"] > 60 and fp32.accuracy["drop_top1"] == 0.0
-    assert int8.accuracy["drop_top1"] <= INT8_BOUND, int8.accuracy
+    fp32, int8 = check_digits_fp32_and_int8(report, "executorch", "executorch-int8")
     # XNNPACK's int8 kernels compute what the plan's fake-quant model computes
     assert int8.emulation_parity["cosine"] > 0.999 and int8.emulation_parity["sqnr_db"] > 30, int8.emulation_parity
     assert int8.size_bytes < 0.4 * fp32.size_bytes  # int8 weights
@@ -58,13 +52,8 @@ def test_every_compute_op_is_delegated_to_xnnpack(digits_run):
 
 def test_the_program_carries_contract_classes_and_plan_hash(digits_run, trained_digits):
     report, out = digits_run
-    result = cli.invoke(app, ["inspect", str(out / "digits.int8.pte")])
-    assert result.exit_code == 0, result.output
-    facts = json.loads(result.stdout)
-    assert facts["target"] == "executorch-int8" and facts["format"] == "executorch"
-    assert facts["inputs"][0]["shape"] == [1, 3, 32, 32] and facts["outputs"][0]["shape"] == [1, 10]
-    meta = facts["metadata"]
-    assert meta["num_classes"] == 10 and meta["preprocess"]["mean"] == list(trained_digits.contract.mean)
+    meta = inspect_digits_artifact(out / "digits.int8.pte", "executorch-int8", "executorch")
+    assert meta["preprocess"]["mean"] == list(trained_digits.contract.mean)
     plan = report.result("executorch-int8").metadata["embedded"]["int8_plan_sha256"]
     assert meta["int8_plan_sha256"] == plan and len(plan) == 64
     assert "int8_plan_sha256" not in json.loads(cli.invoke(app, ["inspect", str(out / "digits.pte")]).stdout)["metadata"]

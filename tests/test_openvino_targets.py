@@ -20,9 +20,8 @@ from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import ExportOptions
 
 from conftest import SMALL
-from target_checks import QUIET, check_missing_backend_names_the_extra, check_rejudged_and_other_model_refused, \
-    export_digits
-from test_int8_pipeline import INT8_BOUND
+from target_checks import QUIET, check_digits_fp32_and_int8, check_missing_backend_names_the_extra, \
+    check_rejudged_and_other_model_refused, digits_run_fixture, inspect_digits_artifact
 
 pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("openvino", "onnx", "onnxsim")),
                                 reason="needs mnv4-deploy[openvino] (pip install 'mnv4-deploy[openvino]')")
@@ -30,19 +29,14 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
 cli = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def digits_run(trained_digits, digit_folders, tmp_path_factory):
-    """openvino, openvino-int8 and onnx-int8 of the trained digits net in one run (one plan)."""
-    out = tmp_path_factory.mktemp("digits-ov") / "out"
-    return export_digits(trained_digits, digit_folders, "openvino,openvino-int8,onnx-int8", out), out
+# openvino, openvino-int8 and onnx-int8 of the trained digits net in one run (one plan).
+digits_run = digits_run_fixture("openvino,openvino-int8,onnx-int8")
 
 
 def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_run):
     report, out = digits_run
-    assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
-    fp32, int8, onnx = (report.result(t) for t in ("openvino", "openvino-int8", "onnx-int8"))
-    assert fp32.parity["sqnr_db"] > 60 and fp32.accuracy["drop_top1"] == 0.0
-    assert int8.accuracy["drop_top1"] <= INT8_BOUND, int8.accuracy
+    fp32, int8 = check_digits_fp32_and_int8(report, "openvino", "openvino-int8")
+    onnx = report.result("onnx-int8")
     assert abs(int8.accuracy["top1"] - onnx.accuracy["top1"]) <= 1.0
     # OpenVINO's int8 path computes what the plan's fake-quant model computes (within its own rounding)
     assert int8.emulation_parity["cosine"] > 0.99 and int8.emulation_parity["sqnr_db"] > 20, int8.emulation_parity
@@ -54,13 +48,8 @@ def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_r
 
 def test_the_ir_carries_contract_classes_and_plan_hash(digits_run, trained_digits):
     report, out = digits_run
-    result = cli.invoke(app, ["inspect", str(out / "digits.int8.openvino")])
-    assert result.exit_code == 0, result.output
-    facts = json.loads(result.stdout)
-    assert facts["target"] == "openvino-int8" and facts["format"] == "openvino-ir"
-    assert facts["inputs"][0]["shape"] == [1, 3, 32, 32] and facts["outputs"][0]["shape"] == [1, 10]
-    meta = facts["metadata"]
-    assert meta["num_classes"] == 10 and meta["preprocess"]["std"] == list(trained_digits.contract.std)
+    meta = inspect_digits_artifact(out / "digits.int8.openvino", "openvino-int8", "openvino-ir")
+    assert meta["preprocess"]["std"] == list(trained_digits.contract.std)
     assert meta["int8_plan_sha256"] == report.result("openvino-int8").metadata["embedded"]["int8_plan_sha256"]
     # the .xml itself is accepted too (its .bin beside it)
     direct = cli.invoke(app, ["inspect", str(out / "digits.openvino" / "digits.xml"), "--target", "openvino"])
