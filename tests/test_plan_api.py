@@ -95,3 +95,22 @@ def test_torch_runners_agree_with_the_module(digits_plans):
     np.testing.assert_allclose(torch_logits(model, x), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(torch_runner(model, one_thread=True)(x.astype(np.float64)), expected,
                                rtol=1e-5, atol=1e-5)  # float64 input is cast, as every runner takes float32
+
+
+def test_a_fixed_batch_tflite_runs_any_number_of_images(tmp_path):
+    """A foreign .tflite with a fixed batch of 4 runs 6 images: chunks of 4, the last one padded."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("litert_torch", "ai_edge_litert")):
+        pytest.skip("needs mnv4-deploy[tflite]")
+    from converters.tflite import litert_runner
+    from converters.tflite.convert import export_float_tflite
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    path = tmp_path / "batch4.tflite"
+    export_float_tflite(model, torch.zeros(4, 3, 8, 8), path, "nchw")
+    x = np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    got = litert_runner(path).run(x)
+    assert got.shape == (6, 5)
+    np.testing.assert_allclose(got, _logits(model, x), rtol=1e-4, atol=1e-4)  # each row is its own image's

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from mnv4_deploy.batches import run_chunked
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.provenance import package_version
 from mnv4_deploy.registry import Runner
@@ -136,13 +137,11 @@ def pte_runner(path: Path) -> Runner:
     method = program.load_method("forward")
     batch_size = int(program.metadata("forward").input_tensor_meta(0).sizes()[0])
 
+    def execute(chunk: np.ndarray) -> np.ndarray:
+        return method.execute([torch.from_numpy(chunk.copy())])[0].detach().numpy().astype(np.float32).copy()
+
     def run(batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        outputs = []
-        for start in range(0, batch.shape[0], batch_size):
-            chunk = torch.from_numpy(batch[start:start + batch_size].copy())
-            outputs.append(method.execute([chunk])[0].detach().numpy().astype(np.float32).copy())
-        return np.concatenate(outputs)
+        return run_chunked(execute, np.ascontiguousarray(batch, dtype=np.float32), batch_size)
 
     return Runner(run=run,
                   runtime=f"executorch {package_version('executorch')} runtime (XNNPACK delegate, portable kernels)")

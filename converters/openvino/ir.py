@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mnv4_deploy.batches import run_chunked
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.provenance import package_version
 from mnv4_deploy.registry import Runner
@@ -157,14 +158,12 @@ def ir_runner(path: Path) -> Runner:
     dim = compiled.inputs[0].get_partial_shape()[0]
     fixed = dim.get_length() if dim.is_static else None
 
+    def infer(chunk: np.ndarray) -> np.ndarray:
+        return np.asarray(request.infer({0: chunk})[compiled.outputs[0]], dtype=np.float32).copy()
+
     def run(batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        step = fixed or batch.shape[0]
-        outputs = []
-        for start in range(0, batch.shape[0], step):
-            result = request.infer({0: batch[start:start + step]})
-            outputs.append(np.asarray(result[compiled.outputs[0]], dtype=np.float32).copy())
-        return np.concatenate(outputs)
+        return run_chunked(infer, batch, fixed or batch.shape[0])
 
     return Runner(run=run, runtime=f"openvino {package_version('openvino')} CPU plugin ({NUM_THREADS} threads, "
                                    "fp32 inference precision)")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mnv4_deploy.batches import run_chunked
 from mnv4_deploy.errors import DeployError
 from mnv4_deploy.registry import Converter, Runner
 
@@ -96,6 +97,13 @@ def litert_runner(path: Path) -> Runner:
         interpreter.invoke()
         return _from_output(interpreter.get_tensor(out["index"]), out).copy()
 
+    def invoke_padded(chunk: np.ndarray) -> np.ndarray:
+        """A fixed batch > 1 takes a short last chunk padded with zeros; the padding's rows are dropped."""
+        short = fixed - chunk.shape[0]
+        if short:
+            chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), np.float32)])
+        return invoke(chunk)[:fixed - short]
+
     def run(batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
         if layout == "NHWC":
@@ -104,16 +112,7 @@ def litert_runner(path: Path) -> Runner:
         if dynamic and batch.shape[0] != interpreter.get_input_details()[0]["shape"][0]:
             interpreter.resize_tensor_input(inp["index"], list(batch.shape))
             interpreter.allocate_tensors()
-        if dynamic:
-            return invoke(batch)
-        results = []
-        for start in range(0, batch.shape[0], fixed):
-            chunk = batch[start:start + fixed]
-            short = fixed - chunk.shape[0]
-            if short:  # pad the last chunk of a fixed batch > 1, then drop the padding
-                chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), np.float32)])
-            results.append(invoke(chunk)[:fixed - short])
-        return np.concatenate(results)
+        return invoke(batch) if dynamic else run_chunked(invoke_padded, batch, fixed)
 
     runtime = (f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '') or tool_versions()['ai-edge-litert']} "
                f"interpreter (XNNPACK, {NUM_THREADS} threads, {layout} input)")
