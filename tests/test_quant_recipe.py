@@ -105,7 +105,7 @@ def test_activation_dtype_changes_the_container_not_the_grid(plan_for):
     uint8, int8 = plan_for().activation_ranges, plan_for(activations__dtype="int8").activation_ranges
     assert set(uint8) == set(int8)
     for point, q in int8.items():
-        assert (q.qmin, q.qmax) == (-128, 127) and q.scale == uint8[point].scale
+        assert (q.qmin, q.qmax) == (-128, 127) and q.scale == pytest.approx(uint8[point].scale, rel=1e-6)
         assert q.zero_point == uint8[point].zero_point - 128, point
 
 
