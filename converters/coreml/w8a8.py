@@ -20,18 +20,23 @@ scales themselves are rounded to fp16 (a scale moves by at most 2^-11 of itself)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnv4_deploy.errors import DeployError, UsageError
+
+if TYPE_CHECKING:
+    from torch import fx
+
+    from mnv4_deploy.quant import QuantPlan
 
 WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 _WEIGHT_INPUTS = {"constexpr_affine_dequantize": ("quantized_data", "scale"),
                   "constexpr_blockwise_shift_scale": ("data", "scale")}
 
 
-def plan_module(plan: Any) -> Any:
+def plan_module(plan: "QuantPlan") -> "fx.GraphModule":
     """The plan's fake-quant model (a copy) with Core ML-exportable quantizers and constant weights.
 
     Frozen weights (`QuantWeighted.freeze`) keep the per-forward int32 bias rounding and dtype
@@ -45,7 +50,7 @@ def plan_module(plan: Any) -> Any:
     return plan.export_model(DecomposedQDQOps())
 
 
-def convert_plan(plan: Any, example: Any, contract: Any, *, min_target: str, image_input: bool,
+def convert_plan(plan: "QuantPlan", example: Any, contract: Any, *, min_target: str, image_input: bool,
                  fp16: bool = True) -> tuple[Any, dict[str, Any]]:
     """The W8A8 ML Program of `plan` (an MLModel, not saved) and facts for the metadata."""
     from .convert import convert_float

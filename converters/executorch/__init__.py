@@ -18,11 +18,14 @@ Module import stays light: the backend is imported inside convert/runner/describ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnv4_deploy.errors import DeployError, UsageError
 from mnv4_deploy.provenance import byte_identical
 from mnv4_deploy.registry import Artifact, ConvertJob, Converter, Runner, TargetInfo
+
+if TYPE_CHECKING:
+    from mnv4_deploy.quant import QuantPlan
 
 BACKENDS = ("executorch",)
 PACKAGES = ("executorch",)
@@ -37,7 +40,7 @@ def _num_classes(job: ConvertJob) -> int:
         return int(job.model(job.example).shape[-1])
 
 
-def _full_integer_plan(job: ConvertJob, target: str) -> Any:
+def _full_integer_plan(job: ConvertJob, target: str) -> "QuantPlan":
     """The run's plan with its logits quantized (shared with tflite-int8); refused when layers stay float."""
     plan = job.plan
     if plan is None:

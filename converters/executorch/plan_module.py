@@ -18,12 +18,17 @@ The numbers are the plan's fake-quant model's (a test checks it before lowering)
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnv4_deploy.errors import UsageError
 
+if TYPE_CHECKING:
+    from torch import fx
 
-def plan_module(plan: Any) -> Any:
+    from mnv4_deploy.quant import QuantPlan
+
+
+def plan_module(plan: "QuantPlan") -> "fx.GraphModule":
     """The plan's fake-quant model (a copy) with XNNPACK-matchable quantizers and constant weights."""
     from mnv4_deploy.quant.decomposed import DecomposedQDQOps
 

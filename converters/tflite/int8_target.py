@@ -8,7 +8,7 @@ int8|uint8` gives integer I/O, which the generic runner feeds with the tensors' 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
@@ -18,8 +18,11 @@ from .io_types import IO_DTYPE, IO_DTYPES, check_io_dtype
 from .metadata import contract_payload, embed_metadata
 from .runtime import TfliteArtifacts, describe_tflite, open_interpreter
 
+if TYPE_CHECKING:
+    from mnv4_deploy.quant import QuantPlan
+
 BACKENDS = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
-def require_plan(job: ConvertJob, target: str) -> Any:
+def require_plan(job: ConvertJob, target: str) -> "QuantPlan":
     """The full-integer variant of the run's plan (made once per plan, shared with edgetpu and
     executorch-int8); a clear error when there is no plan."""
     from .full_integer import check_plan_full_integer

@@ -9,7 +9,8 @@
 Modules, one job each: qparams (grid arithmetic), observers (range estimators), weights
 (per-channel + AdaRound), equalize (CLE + bias absorption), bias_correction, graph
 (quantizer placement), modules (fake-quant layers), simulate (float/int8 side by side),
-calibrate, settings (recipe -> limits), plan, sensitivity, fallback, onnx_qdq.
+calibrate, settings (recipe -> limits), plan, sensitivity, fallback, onnx_qdq, decomposed (the
+plan's arithmetic as PyTorch's quantized_decomposed ops, for exporters reading torch.export).
 The ONNX emitter is imported lazily (it needs onnx): `from mnv4_deploy.quant.onnx_qdq import ...`.
 """
 from __future__ import annotations
