@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from .data import ImageBatch
     from .preprocess import Preprocess
-    from .recipes import Recipe
     from .quant.plan import QuantPlan
+    from .recipes import Recipe
 
 ENTRY_POINT_GROUP = "mnv4_deploy.converters"
 
