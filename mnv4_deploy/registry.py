@@ -71,11 +71,7 @@ class TargetInfo:
                                  f"pip install 'mnv4-deploy[{self.extra}]'" if self.extra else "install it")
 
 
-# Options the core owns, with their defaults: each acts before or around every target rather than
-# inside one. fold: canonicalization, done once for all targets. dynamic_batch: a capability each
-# target declares (TargetInfo.dynamic_batch), refused once by the core. simplify: a step of the
-# ONNX export several formats go through (ONNX, BPU); every target tolerates it, so it is never
-# refused. Everything else is one target's (or a few targets') knowledge and is declared there.
+# Options the core owns, with their defaults (why these three: ExportOptions' docstring)
 CORE_OPTIONS: dict[str, Any] = {"fold": True, "dynamic_batch": False, "simplify": True}
 
 
@@ -85,6 +81,15 @@ class ExportOptions:
     `ExportOptions(io_dtype="int8")` or `ExportOptions.of({"io_dtype": "int8"})`; an unknown
     name is a one-line usage error. Converters read values as attributes (`job.options.io_dtype`);
     an option not given has its declared default.
+
+    The core owns only options that act before or around every target rather than inside one:
+    `fold` (canonicalization, done once for all targets; a target that cannot start from the
+    unfolded model says so with `TargetInfo.unfolded=False`), `dynamic_batch` (a capability each
+    target declares in `TargetInfo.dynamic_batch`, refused once by the core naming the target)
+    and `simplify` (onnxsim in the ONNX export several formats go through; every target
+    tolerates it, so it is never refused). `opset` is declared by the targets that export ONNX
+    (the ONNX family and the BPU bundles), `strict` by those with an accelerator check (EdgeTPU,
+    BPU): several targets share them, but each is still target knowledge.
     """
 
     __slots__ = ("_values",)
