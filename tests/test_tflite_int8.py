@@ -154,6 +154,19 @@ def test_hybrid_attention_is_flagged_and_strict_names_the_ops(calib_dir, tmp_pat
     assert check["counts"]["on_edgetpu"] >= 40  # the conv stem and stages before attention still map
 
 
+@pytest.mark.slow  # conv_small: ~1.5 min of plan + conversion on a loaded 2-core host
+def test_a_strict_compiler_failure_leaves_no_compiled_model_behind(calib_dir, tmp_path, monkeypatch):
+    """The compiled model moves with the artifact or not at all: --strict fails after the compiler ran."""
+    fake = _fake_compiler(tmp_path / "bin")  # its recorded log leaves 34 ops on the CPU
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "out"
+    report = export("conv_small", "edgetpu", out, img_size=SMALL, golden_count=3, calib_data=calib_dir,
+                    options=ExportOptions(strict=True), **QUIET)
+    tpu = report.result("edgetpu")
+    assert tpu.status == "export_failed" and tpu.reason.startswith("--strict: edgetpu_compiler left 34 op(s)")
+    assert not [p.name for p in out.iterdir() if "edgetpu" in p.name or p.name.startswith(TMP_PREFIX)]
+
+
 def test_int8_targets_need_calibration_data(tmp_path):
     for target in ("tflite-int8", "edgetpu"):
         with pytest.raises(UsageError, match="needs calibration images.*--calib-data"):
