@@ -345,7 +345,8 @@ def target_rows(eps: Mapping[str, EntryPoint] | None = None) -> list[dict[str, A
         missing = info.missing_backends()
         rows.append({"target": name, "format": info.format, "precision": info.precision,
                      "installed": not missing, "missing": missing, "extra": info.extra,
-                     "description": info.description, "source": ep.value})
+                     "description": info.description, "source": ep.value,
+                     "options": [o.flag for o in info.options], "dynamic_batch": info.dynamic_batch})
     return rows
 
 

@@ -12,7 +12,7 @@ import pytest
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.options import OptionConflict, TargetOption, merge_declarations
 from mnv4_deploy.registry import (CORE_OPTIONS, ENTRY_POINT_GROUP, Converter, ExportOptions, TargetInfo,
-                                  declared_options, find_targets, load_target, option_owners)
+                                  declared_options, find_targets, load_target, option_owners, target_rows)
 
 LAYOUT = TargetOption("layout", str, "nhwc", "input layout", panel="TFLite", choices=("nhwc", "nchw"))
 
@@ -72,6 +72,9 @@ def test_every_builtin_target_declares_its_options_as_data():
         info = load_target(name).info
         assert all(isinstance(o, TargetOption) and o.panel for o in info.options)
     assert {n for n in find_targets() if load_target(n).info.dynamic_batch} == {"onnx", "onnx-fp16"}
+    rows = {r["target"]: r for r in target_rows()}  # `mnv4-deploy targets --output json` says the same
+    assert rows["edgetpu"]["options"] == ["--io-dtype", "--strict"] and rows["executorch"]["options"] == []
+    assert rows["onnx"]["dynamic_batch"] is True and rows["tflite"]["dynamic_batch"] is False
 
 
 def test_export_options_hold_defaults_and_refuse_unknown_names():
