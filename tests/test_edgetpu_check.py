@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from converters import edgetpu as etc
-from converters.edgetpu import flatbuffer
+from converters.tflite import flatbuffer
 
 FIXTURE_LOG = Path(__file__).parent / "fixtures" / "edgetpu_compiler.log"
 CONV_NET_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"}
@@ -136,12 +138,41 @@ def test_non_flatbuffer_files_are_refused_with_one_line(tmp_path, content):
     with pytest.raises(etc.NotAFlatbufferError) as err:
         etc.check_tflite(path)
     assert isinstance(err.value, etc.EdgeTpuCheckError) and err.value.exit_code == 2
+    assert isinstance(err.value, flatbuffer.NotAFlatbufferError)  # the TFLite reader's family, mapped
     assert str(path) in str(err.value) and "TFL3" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(etc.NotAFlatbufferError, match="no such file"):
         etc.check_tflite(tmp_path / "absent.tflite")
+
+
+def test_tflite_float_op_reader_does_not_load_the_edgetpu_package(models):
+    """tflite -> edgetpu -> tflite was a package cycle hidden in a function-level import: the reader
+    now lives in converters.tflite, so the full-integer check runs without converters.edgetpu."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from converters.tflite.full_integer import float_ops\n"
+        "from converters.tflite.flatbuffer import NotAFlatbufferError\n"
+        "found = float_ops(Path(sys.argv[1]))\n"
+        "try:\n"
+        "    float_ops(Path(sys.argv[2]))\n"
+        "    refused = None\n"
+        "except NotAFlatbufferError as exc:\n"
+        "    refused = [type(exc).__module__, exc.exit_code]\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('converters.edgetpu'))\n"
+        "print(json.dumps({'found': found, 'refused': refused, 'loaded': loaded}))\n"
+    )
+    bad = models["float"].parent / "not-a-model.tflite"
+    bad.write_bytes(b"just some text\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(models["float"]), str(bad)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["found"] and result["found"][0].startswith("#0 CONV_2D"), result["found"]
+    assert result["refused"] == ["converters.tflite.flatbuffer", 2]
+    assert result["loaded"] == []
 
 
 # ------------------------------------------------------------------ the table is data, and its checks bite

@@ -203,7 +203,7 @@ def test_float_ops_are_named(digits_run):
     report, out = digits_run
     float_model = out / report.result("tflite-int8").artifact
     assert float_ops(float_model) == []  # full-integer inside; the boundary QUANTIZE/DEQUANTIZE are fine
-    from converters.edgetpu import NotAFlatbufferError
+    from converters.tflite.flatbuffer import NotAFlatbufferError
 
     bad = out.parent / "not-a-model.tflite"
     bad.write_text("hello")

@@ -24,6 +24,7 @@ import numpy as np
 from mnv4_deploy.errors import DeployError, UsageError
 
 from .convert import export_float_tflite
+from .flatbuffer import read_tflite
 from .io_types import set_io_dtype
 from .plan_ranges import calibration_result, capture_point_values, float_tensor_values, grid_agreement, match_tensors
 
@@ -62,8 +63,6 @@ def _quantizer_calibration(float_path: Path, recipe: Any, calib: np.ndarray, lay
 
 def float_ops(path: Path) -> list[str]:
     """Ops that compute in float, other than the float I/O conversions at the boundary."""
-    from converters.edgetpu.flatbuffer import read_tflite
-
     graph = read_tflite(path)
     found = []
     for op in graph.ops:
