@@ -304,9 +304,9 @@ def export_table(net: TrainedDigits, out: Path, targets: str = ALL_TARGETS, cali
             cpu = f"{len(off)} nodes off the BPU: {', '.join(kinds)}"
         lines.append(f"| `{r.target}` | {r.status} | {_cell(r.parity, 'cosine')} "
                      f"| {_cell(r.emulation_parity, 'cosine')} | {_cell(acc, 'top1', '{:.2f}')} | {drop} | {cpu} |")
-        for row in r.metadata.get("emulated", []) or []:
-            a = row.get("accuracy") or {}
-            lines.append(f"| `{r.target}` [{row['name']}] | forecast | {_cell(row.get('parity'), 'cosine')} | - "
+        for judged in r.extra_judgements:  # the BPU's board forecasts
+            a = judged.accuracy or {}
+            lines.append(f"| `{r.target}` [{judged.name}] | forecast | {_cell(judged.parity, 'cosine')} | - "
                          f"| {_cell(a, 'top1', '{:.2f}')} | {_cell(a, 'drop_top1', '{:+.2f}')} | - |")
     return "\n".join(lines)
 

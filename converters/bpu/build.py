@@ -58,8 +58,10 @@ def _int8_bound_failures(job: ConvertJob, rows: list[dict[str, Any]]) -> None:
             row["int8_bound_failures"] = bounds.failures(ParityMetrics(**row["parity"]))
 
 
-def build_bundle(job: ConvertJob, row: TargetRow, path: Path, opset: int, input_name: str) -> dict[str, Any]:
-    """Write the bundle directory at `path`; return the artifact metadata."""
+def build_bundle(job: ConvertJob, row: TargetRow, path: Path, opset: int,
+                 input_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Write the bundle directory at `path`; return the artifact metadata and the board forecasts
+    (the bundle manifest's forecast variants; the artifact carries them as its extra_judgements only)."""
     march = get_march(row.march)
     input_type_rt = job.options.bpu_input
     path.mkdir(parents=True)
@@ -120,7 +122,8 @@ def build_bundle(job: ConvertJob, row: TargetRow, path: Path, opset: int, input_
         "calibration": calibration, "op_check": op_check, "forecast": forecast, "toolchain": toolchain,
         "versions": package_versions()})
     bundle_files.write_sums(path)
-    return {"march": march.name, "board": row.board, "input_type_rt": input_type_rt, "onnx": onnx_section,
+    meta = {"march": march.name, "board": row.board, "input_type_rt": input_type_rt, "onnx": onnx_section,
             "op_check": op_check, "calibration": {k: v for k, v in calibration.items() if k != "files"},
-            "emulated": rows, "forecast_on": sample.source, "int8_emulation": int8_facts, "notes": notes,
+            "forecast_on": sample.source, "int8_emulation": int8_facts, "notes": notes,
             "toolchain": toolchain if toolchain is not None else "hb_mapper not on PATH: checker/makertbin not run"}
+    return meta, rows

@@ -4,7 +4,8 @@ The artifact is a directory `<stem>.<march>.bpu/` holding what `hb_mapper makert
 (float ONNX at opset 11, config YAML, calibration files) plus README, manifest.json and
 SHA256SUMS. Its runner runs the bundle's float ONNX in onnxruntime, so the pipeline judges it
 against the canonical model like any fp32 artifact; the BPU-specific forecasts (NV12 input,
-emulated int8) are measured during conversion and reported as extra rows.
+emulated int8) are measured during conversion and reported as extra rows (the artifact's typed
+extra_judgements; report.json lists them under each result's "extra_judgements").
 
 Targets come from the `targets` table in `quant_configs/bpu_marches.yaml`: the entry point
 `converters.bpu.target:bpu_x5` resolves `bpu_x5` through the module `__getattr__`, so a new
@@ -125,7 +126,7 @@ class BpuConverter(Converter):
         if job.calibration is None:
             raise UsageError(f"target {self.info.name} needs calibration images", "pass --calib-data DIR")
         path = job.workdir / f"{job.stem}{self.info.suffix}"
-        meta = build_bundle(job, self.row, path, self._opset(job.options), INPUT_NAME)
+        meta, forecasts = build_bundle(job, self.row, path, self._opset(job.options), INPUT_NAME)
         companions: tuple[Path, ...] = ()
         if job.options.archive:
             from .archive import write_tar_gz
@@ -136,7 +137,7 @@ class BpuConverter(Converter):
         meta.update(reproducible("every bundle file is deterministic for the same model, options, calibration "
                                  "images and tool versions; --archive sorts entries and fixes mtime/owner"))
         return Artifact(self.info.name, path, self.info.precision, meta, companions=companions,
-                        extra_judgements=forecast_judgements(meta["emulated"]))
+                        extra_judgements=forecast_judgements(forecasts))
 
     # ---- judge --------------------------------------------------------------------------
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
