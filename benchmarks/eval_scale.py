@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -212,6 +213,7 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, mode: str) -
         reuse_from = work / f"streamed_{n}" / evaluation.EVAL_DIR
         if not (reuse_from / evaluation.META).is_file():
             raise SystemExit(f"streamed-reused needs the streamed run's records: run mode streamed for N={n} first")
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's records there would be reused (or resumed)
     lines: list[str] = []
 
     def body() -> dict:
@@ -224,8 +226,8 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, mode: str) -
                 "top1": {t: round(records.accuracy(t).top1, 2) for t in runners}}
 
     row = _timed(n, mode, body)
-    if mode == "streamed-reused" and row["reference_reused"] != n:
-        raise SystemExit(f"expected {n} reused reference records, got {row['reference_reused']}: " + " | ".join(lines))
+    if row["reference_reused"] != (n if mode == "streamed-reused" else 0):
+        raise SystemExit(f"{mode}: {row['reference_reused']} reused reference records: " + " | ".join(lines))
     return row
 
 
