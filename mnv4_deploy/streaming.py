@@ -15,7 +15,6 @@ lives in this module, so the workers never need it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import multiprocessing.pool
 import multiprocessing.spawn
@@ -27,6 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .data import file_sha256
 from .errors import UnreadableImage, UsageError
 from .preprocess import Preprocess, decode_image
 
@@ -45,14 +45,6 @@ class DecodedChunk:
     skipped: list[tuple[int, str]]  # (position, reason) of unreadable images
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def decode_chunk(contract: Preprocess, chunk: int, positions: Sequence[int], paths: Sequence[str]) -> DecodedChunk:
     """Decode one chunk (runs in a worker); an unreadable image is skipped with its reason."""
     tensors, kept, shas, skipped = [], [], [], []
@@ -63,7 +55,7 @@ def decode_chunk(contract: Preprocess, chunk: int, positions: Sequence[int], pat
             skipped.append((position, exc.reason))
             continue
         kept.append(position)
-        shas.append(_file_sha256(path))
+        shas.append(file_sha256(Path(path)))
     h, w = contract.crop_size
     stacked = np.stack(tensors).astype(np.float32, copy=False) if tensors else np.zeros((0, 3, h, w), np.float32)
     return DecodedChunk(chunk, kept, stacked, shas, skipped)
@@ -122,7 +114,7 @@ class ChunkDecoder:
         if self.workers > 0:
             context = multiprocessing.get_context(self.start_method)
             if self.start_method == "forkserver":
-                context.set_forkserver_preload(["numpy", "PIL.Image", "mnv4_deploy.preprocess"])
+                context.set_forkserver_preload(["numpy", "PIL.Image", "mnv4_deploy.data"])
             with _without_main_module():  # a Pool starts all its workers here, and only here
                 self._pool = context.Pool(self.workers)
         return self
