@@ -261,7 +261,7 @@ def golden_batch(contract: Preprocess, data_dir: str | Path | None, count: int =
     if held is not None:
         return held
     note = (f"synthetic: --calib-data {printable_path(Path(calib_dir))} has no readable images beyond the "
-            f"calibration sample ({calib_count} drawn); pass --data DIR (or a larger --calib-data) for real golden images")
+            f"calibration sample ({calib_count} asked for); pass --data DIR (or a larger --calib-data) for real golden images")
     log(f"golden inputs: {note}")
     return replace(synthetic_batch(contract, count, seed), note=note)
 
