@@ -11,8 +11,8 @@ order plus `meta.json` (what run they belong to). Chunks sit on a fixed grid of 
 and a shard (`--eval-shard K/N`) is a contiguous block of chunks, so every image meets the same
 batch in a sharded and an unsharded run and merged shards equal one run byte for byte.
 
-The reference's records do not depend on the targets, so a later run over the same images (more
-targets, another recipe's artifacts) takes them from the earlier run's `reference.npz` instead of
+The reference's records do not depend on the targets, so a later run over the same images (e.g.
+with more targets) takes them from the earlier run's `reference.npz` instead of
 running the reference again, when a strict key matches (`EvalSpec.reference_key`: model weights,
 recipe, contract, image list, chunk grid, the reference runner) and each image's file hash is the
 recorded one; anything else runs the reference, and says why.
