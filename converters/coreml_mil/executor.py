@@ -7,11 +7,11 @@ reproduce is fp16 accumulation inside an op (GPU/ANE kernels may accumulate in f
 Compile-time ops (`constexpr_*`) are evaluated once, at load.
 
 Speed: a batch-1 program's matmuls are small (a 1x1 conv at 8x8 is 192x1152 by 1152x64), and
-OpenBLAS hands each one to its thread pool, where the hand-off costs more than the arithmetic
-and, on a busy host, waits for a free core (Lite1 at 240 px: 0.6-4 s per image with 2 BLAS
-threads, 0.2 s with one). `run` therefore keeps BLAS to one thread while it runs; parallelism
-belongs to the caller (images, shards). One thread also keeps results independent of the host's
-thread count.
+OpenBLAS hands each one to its thread pool, whose threads wait for a free core on a busy host
+(Lite1 int8 at 240 px on a loaded 2-core host: 0.8-4.4 s per image with 2 BLAS threads, 0.22-0.8 s
+with one; on idle cores both take 0.21-0.22 s). `run` therefore keeps BLAS to one thread while
+it runs; parallelism belongs to the caller (images, shards). One thread also keeps results
+independent of the host's thread count (fp16 W8 logits moved by one fp16 step with it).
 """
 from __future__ import annotations
 
