@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .attention import decompose_multihead_attention
+from .module_pairs import trace_pairs
 from .same_padding import PadStats, canonicalize_padding
 from .same_padding import describe as describe_padding
 from .validate import ParityMetrics, compare
@@ -82,6 +83,10 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch
     return scale.detach(), shift.detach()
 
 
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d)
+
+
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
 
@@ -103,47 +108,6 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-def _trace_pairs(model: nn.Module, example: torch.Tensor, consumer_test) -> list[tuple[str, str]]:
-    """(conv name, consumer name) pairs where the consumer's input is exactly the conv's output.
-
-    A conv called more than once (shared weights) is never paired.
-    """
-    produced: dict[int, tuple[str, torch.Tensor]] = {}
-    calls: dict[str, int] = {}
-    pairs: dict[str, str] = {}
-    handles = []
-    named = dict(model.named_modules())
-
-    def conv_hook(name):
-        def hook(_m, _inp, out):
-            calls[name] = calls.get(name, 0) + 1
-            produced[id(out)] = (name, out)  # holding `out` keeps its id from being reused
-        return hook
-
-    def consumer_hook(name):
-        def hook(_m, inp):
-            src = produced.get(id(inp[0])) if inp and isinstance(inp[0], torch.Tensor) else None
-            if src is not None and src[1] is inp[0]:
-                pairs[name] = src[0]
-        return hook
-
-    for name, module in named.items():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook(name)))
-        elif consumer_test(module):
-            handles.append(module.register_forward_pre_hook(consumer_hook(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    claimed: dict[str, int] = {}
-    for consumer, conv in pairs.items():
-        claimed[conv] = claimed.get(conv, 0) + 1
-    return [(conv, consumer) for consumer, conv in pairs.items() if calls.get(conv) == 1 and claimed[conv] == 1]
 
 
 def _fold_scale_into_conv(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
@@ -219,7 +183,7 @@ def canonicalize(model: nn.Module, example: torch.Tensor, fold: bool = True) -> 
         stats.norms_left = [n for n, m in canonical.named_modules() if _is_norm(m)]
         return canonical, stats
     named = dict(canonical.named_modules())
-    for conv_name, bn_name in _trace_pairs(canonical, example, _is_norm):
+    for conv_name, bn_name in trace_pairs(canonical, example, _is_conv, _is_norm):
         bn = named[bn_name]
         scale, shift = _bn_affine(bn)
         _fold_scale_into_conv(named[conv_name], scale, shift)
@@ -227,7 +191,7 @@ def canonicalize(model: nn.Module, example: torch.Tensor, fold: bool = True) -> 
         stats.norms_folded += 1
     _fold_mqa_prenorms(canonical, stats)
     named = dict(canonical.named_modules())
-    for conv_name, ls_name in _trace_pairs(canonical, example, _is_layer_scale):
+    for conv_name, ls_name in trace_pairs(canonical, example, _is_conv, _is_layer_scale):
         gamma = named[ls_name].gamma.detach().reshape(-1)
         _fold_scale_into_conv(named[conv_name], gamma, None)
         _replace(canonical, ls_name, nn.Identity())

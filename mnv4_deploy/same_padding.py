@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import UsageError
+from .module_pairs import trace_pairs
 
 # timm's TF-"SAME" conv classes (timm.layers.conv2d_same), matched by name across timm versions
 SAME_CONV_CLASSES = ("Conv2dSame", "Conv2dSameExport")
@@ -109,50 +110,20 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def _observe(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, list[tuple[int, int]]], list[tuple[str, str]]]:
     """Input sizes of every SAME conv, and (zero pad, conv) pairs where the conv eats the pad's output."""
     sizes: dict[str, list[tuple[int, int]]] = {}
-    produced: dict[int, tuple[str, torch.Tensor]] = {}
-    pad_calls: dict[str, int] = {}
-    conv_calls: dict[str, int] = {}
-    pairs: dict[str, str] = {}
-    handles = []
 
     def same_hook(name):
         def hook(_m, inp):
             sizes.setdefault(name, []).append(tuple(inp[0].shape[-2:]))
         return hook
 
-    def pad_hook(name):
-        def hook(_m, _inp, out):
-            pad_calls[name] = pad_calls.get(name, 0) + 1
-            produced[id(out)] = (name, out)  # holding `out` keeps its id from being reused
-        return hook
-
-    def conv_hook(name):
-        def hook(_m, inp):
-            conv_calls[name] = conv_calls.get(name, 0) + 1
-            src = produced.get(id(inp[0]))
-            if src is not None and src[1] is inp[0]:
-                pairs[name] = src[0]
-        return hook
-
-    for name, module in model.named_modules():
-        if is_same_conv(module):
-            handles.append(module.register_forward_pre_hook(same_hook(name)))
-        elif _is_zero_pad(module):
-            handles.append(module.register_forward_hook(pad_hook(name)))
-        elif type(module) is nn.Conv2d:
-            handles.append(module.register_forward_pre_hook(conv_hook(name)))
+    handles = [module.register_forward_pre_hook(same_hook(name))
+               for name, module in model.named_modules() if is_same_conv(module)]
     try:
-        with torch.no_grad():
-            model(example)
+        pairs = trace_pairs(model, example, _is_zero_pad, lambda m: type(m) is nn.Conv2d, consumer_called_once=True)
     finally:
         for h in handles:
             h.remove()
-    claimed: dict[str, int] = {}
-    for pad in pairs.values():
-        claimed[pad] = claimed.get(pad, 0) + 1
-    usable = [(pad, conv) for conv, pad in pairs.items()
-              if pad_calls.get(pad) == 1 and conv_calls.get(conv) == 1 and claimed[pad] == 1]
-    return sizes, usable
+    return sizes, pairs
 
 
 def _rewrite_same_convs(model: nn.Module, sizes: dict[str, list[tuple[int, int]]], stats: PadStats) -> None:
