@@ -130,13 +130,33 @@ def describe_onnx(path: Path) -> dict[str, Any]:
             "metadata": {p.key: p.value for p in proto.metadata_props}}
 
 
-def ort_runner(path: Path) -> Runner:
-    """An onnxruntime CPU session; feeds one sample at a time when the batch axis is fixed."""
+SPINNING = "session.intra_op.allow_spinning"  # onnxruntime session config key: "1" spin, "0" sleep
+
+
+def ort_session(path: Path, spinning: bool = False) -> Any:
+    """An onnxruntime CPU session whose intra-op threads sleep between runs unless `spinning`.
+
+    Validation and evaluation share the cores with decode workers and the PyTorch reference:
+    spinning threads took 2.1-2.5 ms CPU per image from them (docs/benchmarks.md, "Evaluation at
+    scale"). Batch-1 latency is the one place spinning pays: 0.2-0.6 ms per image, same document.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.add_session_config_entry(SPINNING, "1" if spinning else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path: Path, spinning: bool = False) -> Runner:
+    """An onnxruntime CPU runner; feeds one sample at a time when the batch axis is fixed.
+
+    Threads sleep between runs (see `ort_session`); its `latency_variant` is the spinning runner a
+    latency measurement times instead.
+    """
+    import onnxruntime as ort
+
+    session = ort_session(path, spinning)
     name = session.get_inputs()[0].name
     fixed_batch = session.get_inputs()[0].shape[0]
 
@@ -147,7 +167,11 @@ def ort_runner(path: Path) -> Runner:
                                    for i in range(0, batch.shape[0], fixed_batch)])
         return session.run(None, {name: batch})[0]
 
-    return Runner(run=run, runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)")
+    if spinning:
+        return Runner(run=run,
+                      runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider, intra-op threads spinning)")
+    return Runner(run=run, runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
+                  latency_variant=lambda: ort_runner(path, spinning=True))
 
 
 class OnnxConverter(Converter):

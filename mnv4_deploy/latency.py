@@ -51,5 +51,7 @@ def artifact_latency(conv: Converter, path: Path, precision: str, metadata: dict
     runner = conv.runner(Artifact(conv.info.name, path, precision, metadata=dict(metadata)))
     if isinstance(runner, NotRunnable):
         return {"note": f"not runnable here: {runner.reason}"}
+    if runner.latency_variant is not None:
+        runner = runner.latency_variant()
     timing = time_run(runner.run, (1, 3, *crop_size), warmup, runs)
     return {**timing, "runtime": runner.runtime}

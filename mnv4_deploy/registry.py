@@ -205,6 +205,10 @@ class Runner:
     # a second runtime for the same artifact (Core ML on macOS: the NumPy reference executor);
     # its parity is reported beside the judged one, so two implementations can be compared
     cross_check: "Runner | None" = None
+    # builds the same artifact's runner tuned for timing one image at a time, when that tuning would
+    # hurt validation/evaluation (onnxruntime threads that spin between runs starve the decode workers
+    # and the reference beside them); latency measurements use it, everything else uses `run`
+    latency_variant: "Callable[[], Runner] | None" = None
 
 
 @dataclass

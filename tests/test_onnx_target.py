@@ -89,3 +89,36 @@ def test_a_wrong_artifact_is_kept_but_marked_failed(tmp_path, monkeypatch):
     assert (tmp_path / result.artifact).exists() and any("cosine" in f for f in result.failures)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["artifacts"][0]["status"] == "validation_failed" and manifest["exit_code"] == 3
+
+
+def _tiny_onnx(path) -> None:
+    """A 1x3x8x8 -> 1x3 ONNX model (global average pool), enough to build sessions on."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_ort_threads_sleep_between_runs_except_when_timing_latency(tmp_path):
+    """Validation/evaluation sessions do not spin (the decode workers and the reference need the cores);
+    the latency measurement times the spinning variant, and its runtime string says so."""
+    from converters.onnx import SPINNING, ort_runner, ort_session
+    from mnv4_deploy.latency import artifact_latency
+    from mnv4_deploy.registry import load_target
+
+    path = tmp_path / "tiny.onnx"
+    _tiny_onnx(path)
+    assert ort_session(path).get_session_options().get_session_config_entry(SPINNING) == "0"
+    assert ort_session(path, spinning=True).get_session_options().get_session_config_entry(SPINNING) == "1"
+    runner = ort_runner(path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(runner.run(x), x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)  # fed one at a time
+    spinning = runner.latency_variant()
+    assert "spinning" in spinning.runtime and "spinning" not in runner.runtime
+    assert spinning.latency_variant is None
+    np.testing.assert_allclose(spinning.run(x), runner.run(x))
+    timed = artifact_latency(load_target("onnx"), path, "fp32", {}, (8, 8), warmup=1, runs=3)
+    assert "spinning" in timed["runtime"] and timed["runs"] >= 3
