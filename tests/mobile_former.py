@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trained_net import DEFAULT_CACHE, TrainedDigits, TrainSettings, digits_arrays, digits_contract, fit_one_cycle
+from trained_net import (DEFAULT_CACHE, TrainedDigits, TrainSettings, digits_arrays, digits_contract, fit_one_cycle,
+                         heldout_top1, load_or_train)
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -243,30 +244,12 @@ def load_trained_mobile_former(settings: MobileFormerSettings | None = None, cac
                                log=print) -> TrainedDigits:
     """Train (or load from the cache) the digits Mobile-Former and evaluate it on the held-out split."""
     settings = settings or MobileFormerSettings()
-    cache_dir = Path(cache_dir or DEFAULT_CACHE)
-    path = cache_dir / f"mobile-former-digits-{settings.key()}.pt"
+    path = Path(cache_dir or DEFAULT_CACHE) / f"mobile-former-digits-{settings.key()}.pt"
     data = settings.digits()
     x_tr, y_tr, x_cal, x_te, y_te = digits_arrays(data)
-    if path.exists():
-        model = MobileFormer()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.eval()
-    else:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(settings.threads)  # small tensors: one thread is fastest (trained_net.py)
-        try:
-            model = _train_loop(settings, x_tr, y_tr, log)
-        finally:
-            torch.set_num_threads(previous)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-    with torch.no_grad():
-        logits = model(torch.from_numpy(x_te)).numpy()
-    top1 = float(np.mean(np.argmax(logits, axis=1) == y_te) * 100.0)
-    return TrainedDigits(model, data, digits_contract(settings.img_size), x_tr, y_tr, x_cal, x_te, y_te, top1, path,
-                         extra={"mobile_former": asdict(settings)})
+    model = load_or_train(path, MobileFormer, lambda: _train_loop(settings, x_tr, y_tr, log), settings.threads)
+    return TrainedDigits(model, data, digits_contract(settings.img_size), x_tr, y_tr, x_cal, x_te, y_te,
+                         heldout_top1(model, x_te, y_te), path, extra={"mobile_former": asdict(settings)})
 
 
 ALL_TARGETS = "onnx,onnx-int8,tflite,tflite-int8,edgetpu,coreml,coreml-int8,bpu-x5,bpu-x3"

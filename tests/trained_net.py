@@ -113,19 +113,6 @@ def _shift(batch, px: int, gen):
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
-def _train(settings: TrainSettings, x: np.ndarray, y: np.ndarray, log=print):
-    import torch
-
-    previous = torch.get_num_threads()
-    # Small 32x32 tensors: a 2-thread pool costs more than it gives on a shared 2-core
-    # machine (measured: 27 s on one thread vs 390 s on two for the same 10 epochs).
-    torch.set_num_threads(settings.threads)
-    try:
-        return _train_loop(settings, x, y, log)
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _train_loop(settings: TrainSettings, x: np.ndarray, y: np.ndarray, log):
     import timm
     import torch
@@ -176,27 +163,51 @@ def load_trained_digits(settings: TrainSettings | None = None, cache_dir: Path |
                         log=print) -> TrainedDigits:
     """Train (or load from the cache) the digits MNv4 and evaluate it on the held-out split."""
     import timm
-    import torch
 
     settings = settings or TrainSettings()
-    cache_dir = Path(cache_dir or DEFAULT_CACHE)
-    path = cache_dir / f"{settings.arch}-digits-{settings.key()}.pt"
+    path = Path(cache_dir or DEFAULT_CACHE) / f"{settings.arch}-digits-{settings.key()}.pt"
     x_tr, y_tr, x_cal, x_te, y_te = digits_arrays(settings)
-    if path.exists():
-        model = timm.create_model(settings.arch, num_classes=settings.num_classes, exportable=True)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.eval()
-    else:
-        model = _train(settings, x_tr, y_tr, log)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-    with torch.no_grad():
-        logits = model(torch.from_numpy(x_te)).numpy()
-    top1 = float(np.mean(np.argmax(logits, axis=1) == y_te) * 100.0)
+    model = load_or_train(path, lambda: timm.create_model(settings.arch, num_classes=settings.num_classes,
+                                                          exportable=True),
+                          lambda: _train_loop(settings, x_tr, y_tr, log), settings.threads)
     return TrainedDigits(model, settings, digits_contract(settings.img_size), x_tr, y_tr, x_cal, x_te, y_te,
-                         top1, path)
+                         heldout_top1(model, x_te, y_te), path)
+
+
+def load_or_train(path: Path, build, train, threads: int):
+    """`build()` with the weights cached at `path`, else `train()` on `threads` threads, cached there.
+
+    Small 32x32 tensors: a 2-thread pool costs more than it gives on a shared 2-core
+    machine (measured: 27 s on one thread vs 390 s on two for the same 10 epochs), and the
+    float summation order (so the weights) depends on the thread count. The cache file is
+    written through a `.tmp` and a rename, so an interrupted run never leaves half a file.
+    """
+    import torch
+
+    if path.exists():
+        model = build()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = train()
+    finally:
+        torch.set_num_threads(previous)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model
+
+
+def heldout_top1(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 (%) of `model` on the normalized images `x` with labels `y`."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).numpy()
+    return float(np.mean(np.argmax(logits, axis=1) == y) * 100.0)
 
 
 def write_digit_images(folder: Path, images, contract, labels=None) -> None:
