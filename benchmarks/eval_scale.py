@@ -7,7 +7,8 @@
    flip and brightness; each keeps its source's label; written once into --work, with labels.csv).
 2. Exports conv_small (random init) to onnx, onnx-int8 and tflite-int8 once (64 calibration images).
 3. For each N and mode, in a fresh process, on the first N images:
-   - plain: a plain loop, PIL decode in the main process + the onnx artifact alone in onnxruntime;
+   - plain: a plain loop, PIL decode in the main process + the onnx artifact alone in onnxruntime
+     (a default session, threads spinning between runs; the pass's runners' threads sleep);
    - streamed-onnx: our pass as `--to onnx` runs it: reference (PyTorch) + onnx;
    - plain-four: a plain loop running the same four models as the full pass on each image;
    - streamed: our pass, reference + onnx + onnx-int8 + tflite-int8;
