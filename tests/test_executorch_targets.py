@@ -129,6 +129,70 @@ def test_a_portable_op_is_reported_and_refused_for_int8(tmp_path):
         refuse_portable_compute(delegation, "executorch-int8")
 
 
+class _HardSigmoidExcite:
+    """MobileNet-V3's squeeze-excite: mean -> 1x1 conv -> hard-sigmoid gate -> broadcast multiply."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 8, 3, padding=1)
+                self.reduce = nn.Conv2d(8, 4, 1)
+                self.expand = nn.Conv2d(4, 8, 1)
+                self.gate = nn.Hardsigmoid()
+
+            def forward(self, x):
+                y = nn.functional.hardswish(self.conv(x))
+                s = self.gate(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+                return (y * s).mean((2, 3), keepdim=True).flatten(1)  # XNNPACK's mean keeps dims
+
+        torch.manual_seed(0)
+        return Net().eval(), 3 * torch.randn(1, 3, 8, 8)
+
+
+def test_hardsigmoid_is_spelled_with_float_constants_bit_identically():
+    """PyTorch's decomposition casts int64 constants XNNPACK refuses; the float spelling is the same function."""
+    import torch
+
+    from converters.executorch.hardsigmoid import spell_hardsigmoid_with_float_constants
+
+    model, x = _HardSigmoidExcite.build()
+    exported = torch.export.export(model, (x,), strict=False)
+    assert spell_hardsigmoid_with_float_constants(exported.graph_module) == 1
+    assert "hardsigmoid" not in str(exported.graph_module.code)
+    edges = torch.tensor([-1e6, -3.0, -2.9999998, 0.0, 2.9999998, 3.0, 1e6, float("inf"), -float("inf")])
+    probe = torch.cat([edges, torch.linspace(-5, 5, 4001)])
+    gate = torch.export.export(torch.nn.Hardsigmoid(), (probe,), strict=False)
+    assert spell_hardsigmoid_with_float_constants(gate.graph_module) == 1
+    torch.testing.assert_close(gate.module()(probe), torch.nn.functional.hardsigmoid(probe), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=0, atol=0)
+
+
+def test_hardsigmoid_squeeze_excite_is_fully_delegated(tmp_path):
+    """Without the float spelling, each gate left two int64 -> float dim_order copies in the portable kernels."""
+    import torch
+
+    from converters.executorch import refuse_portable_compute
+    from converters.executorch.lower import export_program
+    from converters.executorch.runtime import pte_runner
+
+    model, x = _HardSigmoidExcite.build()
+    facts = export_program(model, x, tmp_path / "se.pte", {"model": "se"})
+    delegation = facts["delegation"]
+    assert facts["hardsigmoid_float_constants"] == 1
+    assert delegation["portable_compute_ops"] == 0 and delegation["delegated_subgraphs"] == 1, delegation
+    assert not any("dim_order" in op for op in delegation["ops"]), delegation["ops"]
+    refuse_portable_compute(delegation, "executorch-int8")
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(pte_runner(tmp_path / "se.pte").run(x.numpy()), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_program_bytes_are_reproducible(tmp_path):
     from converters.executorch.lower import export_program
 

@@ -57,12 +57,7 @@ FAST_PAIRS = {("timm:tf_mobilenetv3_small_100", "tflite-int8")}  # SAME padding 
 REFUSED: dict[tuple[str, str], str] = {}
 # (model, target) -> why it fails today after conversion work (not a refusal up front); strict
 # xfail, so the day it passes the matrix says so and the line goes
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("timm:mobilenetv3_small_100", "executorch-int8"):
-        "XNNPACK leaves 18 dim_order copies of the int8 plan to portable kernels (DeployError, exit 1)",
-    ("timm:tf_mobilenetv3_small_100", "executorch-int8"):
-        "XNNPACK leaves 18 dim_order copies of the int8 plan to portable kernels (DeployError, exit 1)",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 # targets whose artifact is also judged against the run's int8 plan emulation
 PLAN_TARGETS = {"onnx-int8", "tflite-int8", "edgetpu", "coreml-int8"}
 

@@ -8,6 +8,7 @@ metadata (contract, class count, plan hash) is a constant method of the program
 The report counts every edge op by where it runs: inside an XNNPACK delegate or in ExecuTorch's
 portable kernels, and for each portable op why (the partitioner's own reason, captured from its
 `WhyNoPartition` log records, or the known cases: `getitem` only unpacks the delegate's outputs).
+Before lowering, hard-sigmoid is spelled with float constants (hardsigmoid.py) so XNNPACK takes it.
 """
 from __future__ import annotations
 
@@ -102,6 +103,8 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from .hardsigmoid import spell_hardsigmoid_with_float_constants
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -109,6 +112,7 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
         except Exception as exc:
             raise DeployError(f"torch.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                               "the model must be torch.export-able (no data-dependent control flow)") from None
+        hardsigmoids = spell_hardsigmoid_with_float_constants(exported.graph_module)
         if prepare is not None:
             prepare(exported.graph_module)
         with _capture_reasons() as why:
@@ -124,4 +128,5 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
         program = edge.to_executorch()
     path.write_bytes(program.buffer)
     return {"route": "torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch",
-            "delegation": report, "metadata_method": METADATA_METHOD}
+            "delegation": report, "metadata_method": METADATA_METHOD,
+            "hardsigmoid_float_constants": hardsigmoids}
