@@ -10,8 +10,8 @@ says what sleeping would cost a latency number, for the eval-scale benchmark's c
   a spinning session's threads still spin while the next session runs, which charges the sleeping one;
 - separate: one process per artifact and setting, alternating, `--rounds` times, so no session sees
   another's threads.
-Prints one JSON object (results/ort_spinning.json holds one run); the 1-min load average is
-recorded beside each measurement.
+Prints one JSON object (results/ort_spinning.json: a run at load 2.6, ort_spinning_load3.json: at
+load 3.1-3.4); the 1-min load average is recorded beside each measurement.
 """
 from __future__ import annotations
 
