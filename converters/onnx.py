@@ -138,7 +138,8 @@ def ort_session(path: Path, spinning: bool = False) -> Any:
 
     Validation and evaluation share the cores with decode workers and the PyTorch reference:
     spinning threads took 2.1-2.5 ms CPU per image from them (docs/benchmarks.md, "Evaluation at
-    scale"). Batch-1 latency is the one place spinning pays: 0.2-0.6 ms per image, same document.
+    scale"). Batch-1 latency is the one place spinning pays (0.2-0.6 ms per image at load 2.6, nothing
+at load 3+; same document).
     """
     import onnxruntime as ort
 

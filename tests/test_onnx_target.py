@@ -122,3 +122,18 @@ def test_ort_threads_sleep_between_runs_except_when_timing_latency(tmp_path):
     np.testing.assert_allclose(spinning.run(x), runner.run(x))
     timed = artifact_latency(load_target("onnx"), path, "fp32", {}, (8, 8), warmup=1, runs=3)
     assert "spinning" in timed["runtime"] and timed["runs"] >= 3
+
+
+def test_the_bpu_bundle_runner_keeps_the_spinning_latency_variant(tmp_path):
+    """The BPU bundle's runner wraps the ORT runner; its latency variant wraps the spinning one."""
+    from converters.bpu.target import flattened
+    from converters.onnx import ort_runner
+
+    path = tmp_path / "tiny.onnx"
+    _tiny_onnx(path)
+    runner = flattened(ort_runner(path))
+    spinning = runner.latency_variant()
+    assert "spinning" in spinning.runtime and "spinning" not in runner.runtime
+    assert spinning.runtime.endswith("the bundle's float ONNX") and spinning.latency_variant is None
+    x = np.ones((1, 3, 8, 8), np.float32)
+    np.testing.assert_array_equal(spinning.run(x), runner.run(x))

@@ -145,13 +145,18 @@ class BpuConverter(Converter):
         from converters.onnx import ort_runner
 
         manifest = bundle_files.read_manifest(artifact.path)
-        inner = ort_runner(artifact.path / manifest["onnx"]["file"])
+        return flattened(ort_runner(artifact.path / manifest["onnx"]["file"]))
 
-        def run(batch: np.ndarray) -> np.ndarray:
-            out = inner.run(batch)
-            return out.reshape(out.shape[0], -1)
 
-        return Runner(run=run, runtime=f"{inner.runtime}, the bundle's float ONNX")
+def flattened(inner: Runner) -> Runner:
+    """`inner` with its (N, classes, 1, 1) output flattened; its latency variant flattened alike."""
+    def run(batch: np.ndarray) -> np.ndarray:
+        out = inner.run(batch)
+        return out.reshape(out.shape[0], -1)
+
+    variant = inner.latency_variant
+    return Runner(run=run, runtime=f"{inner.runtime}, the bundle's float ONNX",
+                  latency_variant=None if variant is None else lambda: flattened(variant()))
 
 
 def forecast_judgements(forecasts: list[dict[str, Any]]) -> tuple[Judgement, ...]:
