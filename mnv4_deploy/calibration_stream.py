@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import data as datasets
-from .errors import DeployError, UsageError
+from .errors import DeployError
 from .preprocess import Preprocess, printable_path
 from .streaming import DEFAULT_WORKERS, ChunkDecoder
 
@@ -99,13 +99,7 @@ def calibration_set(root: str | Path, contract: Preprocess, count: int, seed: in
                 kept.append((draw[position], ordered[position], f"{rel}:{shas[position]}"))
             if len(kept) >= count:
                 break
-    if not kept:
-        raise UsageError(f"{option} {printable_path(root)}: none of the {len(skipped)} images could be read",
-                         "check the files are valid jpg/png images")
-    if len(kept) < minimum:
-        raise UsageError(f"{option} {printable_path(root)}: found {len(kept)} readable images "
-                         f"({len(skipped)} unreadable), {minimum} needed for {needed_for or 'this step'}",
-                         "add readable jpg/png images to the folder")
+    datasets.check_readable_count(option, root, len(kept), len(skipped), minimum, needed_for)
     if len(kept) < count:
         log(f"warning: {option} {printable_path(root)} has {len(kept)} readable images, fewer than the {count} "
             "asked for; using all")

@@ -149,6 +149,18 @@ def _hash_batch(contract: Preprocess, entries: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def check_readable_count(option: str, root: Path, readable: int, unreadable: int, minimum: int,
+                         needed_for: str | None) -> None:
+    """One line when a folder gave no readable image, or fewer than a step needs (exit 2)."""
+    if not readable:
+        raise UsageError(f"{option} {printable_path(root)}: none of the {unreadable} images could be read",
+                         "check the files are valid jpg/png images")
+    if readable < minimum:
+        raise UsageError(f"{option} {printable_path(root)}: found {readable} readable images "
+                         f"({unreadable} unreadable), {minimum} needed for {needed_for or 'this step'}",
+                         "add readable jpg/png images to the folder")
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -182,13 +194,7 @@ def load_images(files: Sequence[Path], contract: Preprocess, root: Path, option:
         entries.append(f"{rel}:{file_sha256(path)}")
         if labels is not None:
             kept_labels.append(int(labels[i]))
-    if not tensors:
-        raise UsageError(f"{option} {printable_path(root)}: none of the {len(skipped)} images could be read",
-                         "check the files are valid jpg/png images")
-    if len(tensors) < minimum:
-        raise UsageError(f"{option} {printable_path(root)}: found {len(tensors)} readable images "
-                         f"({len(skipped)} unreadable), {minimum} needed for {needed_for or 'this step'}",
-                         "add readable jpg/png images to the folder")
+    check_readable_count(option, root, len(tensors), len(skipped), minimum, needed_for)
     rank = sorted(range(len(order)), key=order.__getitem__)
     return ImageBatch(
         tensors=np.stack([tensors[k] for k in rank]).astype(np.float32), source=printable_path(root),
