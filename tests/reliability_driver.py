@@ -12,15 +12,27 @@ import time
 from pathlib import Path
 
 
+def _wait(seconds: float) -> None:
+    """Sleep in short naps, not one long sleep.
+
+    The kernel may hand a process-directed SIGINT/SIGTERM to any thread of the process (torch and
+    the runtimes start some); Python then runs the handler only when the main thread next executes
+    bytecode, which a single `time.sleep(600)` would delay by ten minutes.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def sleep_until_interrupted(ready: str, unit_dir: str) -> str:
     """A build unit stand-in for a pool worker: says it runs, then waits for a Ctrl-C."""
     from mnv4_deploy.build import units_stopped
 
     if units_stopped(unit_dir):  # what build._run_unit checks first
         return "not started"
-    Path(ready).write_text(str(__import__("os").getpid()))
-    try:
-        time.sleep(600)
+    try:  # a Ctrl-C right after `ready` appears may land while it is still being written
+        Path(ready).write_text(str(__import__("os").getpid()))
+        _wait(600)
     except KeyboardInterrupt:
         return "interrupted"
     return "slept"
@@ -33,7 +45,7 @@ def main() -> None:
     def blocking_convert(self, job):
         (job.workdir / "partial.onnx").write_bytes(b"half of a model")
         ready.write_text(str(job.workdir))
-        time.sleep(600)
+        _wait(600)
         raise AssertionError("the test should have signalled this process")
 
     onnx_converter.OnnxConverter.convert = blocking_convert
