@@ -305,6 +305,23 @@ def run_build(spec: MatrixSpec, jobs: int = 1, progress: Any = None, quiet: bool
         return _run_units(spec, jobs, out, quiet)
 
 
+def _honour_ctrl_c() -> None:
+    """Pool initializer: a unit turns SIGINT into KeyboardInterrupt, however this run was started.
+
+    A shell without job control starts background commands (`cmd &` in a CI script, `nohup`)
+    with SIGINT ignored; spawned workers inherit that, and the Ctrl-C `_stop_units` passes them
+    on SIGTERM would be lost (each running unit would go on to its end).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def unit_pool(jobs: int) -> ProcessPoolExecutor:
+    """The worker pool `build --jobs N` runs its units in (spawned: no forked runtime threads)."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_honour_ctrl_c)
+
+
 def _stop_units(pool: ProcessPoolExecutor, exc: KeyboardInterrupt, work: Path) -> None:
     """Stop queued units; on SIGTERM (which only this process got) pass running ones a Ctrl-C.
 
@@ -339,7 +356,7 @@ def _run_units(spec: MatrixSpec, jobs: int, out: Path, quiet: bool) -> dict[str,
     started = time.perf_counter()
     interrupted = False
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        with unit_pool(jobs) as pool:
             try:
                 for f in [pool.submit(_run_unit, spec, m, g, d, quiet, threads) for m, g, d in todo]:
                     f.result()

@@ -175,11 +175,9 @@ def test_nested_runs_of_one_process_and_jobs_directories_do_not_block_each_other
     assert _names(out) == ["conv_small"] and _names(out / "conv_small") == []
 
 
-def test_sigterm_in_build_jobs_passes_running_units_a_ctrl_c_and_cancels_queued_ones(tmp_path):
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from mnv4_deploy.build import _stop_units
+@pytest.mark.parametrize("started_in_background", [False, True], ids=["foreground", "sigint-ignored"])
+def test_sigterm_in_build_jobs_passes_running_units_a_ctrl_c_and_cancels_queued_ones(tmp_path, started_in_background):
+    from mnv4_deploy.build import _stop_units, unit_pool
     from mnv4_deploy.signals import Terminated
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -188,8 +186,16 @@ def test_sigterm_in_build_jobs_passes_running_units_a_ctrl_c_and_cancels_queued_
     ready = tmp_path / "unit.ready"
     units = tmp_path / ".units"
     units.mkdir()
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+    # `mnv4-deploy build --jobs 2 &` from a shell without job control starts with SIGINT ignored,
+    # and spawned workers inherit that: the pool must still give its units a working Ctrl-C
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if started_in_background else None
+    try:
+        pool = unit_pool(1)
         running = pool.submit(sleep_until_interrupted, str(ready), str(units / "a"))
+    finally:
+        if started_in_background:
+            signal.signal(signal.SIGINT, previous)
+    with pool:
         queued = [pool.submit(sleep_until_interrupted, str(tmp_path / f"never{i}.ready"), str(units / f"b{i}"))
                   for i in range(3)]
         deadline = time.monotonic() + 300
