@@ -11,6 +11,14 @@ onnxruntime and TensorFlow loaded, whose thread pools do not survive a fork. The
 re-importing the parent's `__main__` (multiprocessing's default): a script or test runner that
 imports torch at the top would otherwise cost every worker hundreds of MB; the decode function
 lives in this module, so the workers never need it.
+
+Decoded tensors come back through shared memory, not the result pipe: the pool is given a few
+chunk-sized slots (a `RawArray`: a file in /dev/shm when it has room, else in the temp folder,
+sized by the chunk, never by N); a worker decodes straight into the slot its job names and
+returns only positions, hashes and skips. Pickling 600 KB per 224 px image through the pipe
+and unpickling it in the consumer's result thread cost the consumer about 1.3 ms of CPU per
+image, a fifth of what the reference and one target spend on it (docs/benchmarks.md,
+"Evaluation at scale"). A slot is freed when the consumer asks for the next chunk.
 """
 from __future__ import annotations
 
@@ -32,6 +40,9 @@ from .preprocess import Preprocess, decode_image
 
 DEFAULT_WORKERS = 2
 START_METHODS = ("forkserver", "spawn")
+SHARED_SLOTS_MAX_BYTES = 1 << 30  # chunks larger than this in all go through the result pipe instead
+
+_worker_slots: np.ndarray | None = None  # in a worker: the pool's slots, (slots, chunk, 3, H, W) float32
 
 
 @dataclass
@@ -45,20 +56,42 @@ class DecodedChunk:
     skipped: list[tuple[int, str]]  # (position, reason) of unreadable images
 
 
-def decode_chunk(contract: Preprocess, chunk: int, positions: Sequence[int], paths: Sequence[str]) -> DecodedChunk:
-    """Decode one chunk (runs in a worker); an unreadable image is skipped with its reason."""
+def decode_chunk(contract: Preprocess, chunk: int, positions: Sequence[int], paths: Sequence[str],
+                 into: np.ndarray | None = None) -> DecodedChunk:
+    """Decode one chunk (runs in a worker); an unreadable image is skipped with its reason.
+
+    With `into` (a slot with room for the whole chunk), the readable images are written to its
+    first rows and the returned chunk's `tensors` is empty: the caller reads them from the slot.
+    """
     tensors, kept, shas, skipped = [], [], [], []
     for position, path in zip(positions, paths):
         try:
-            tensors.append(decode_image(path, contract))
+            tensor = decode_image(path, contract)
         except UnreadableImage as exc:
             skipped.append((position, exc.reason))
             continue
+        if into is None:
+            tensors.append(tensor)
+        else:
+            into[len(kept)] = tensor
         kept.append(position)
         shas.append(file_sha256(Path(path)))
     h, w = contract.crop_size
     stacked = np.stack(tensors).astype(np.float32, copy=False) if tensors else np.zeros((0, 3, h, w), np.float32)
     return DecodedChunk(chunk, kept, stacked, shas, skipped)
+
+
+def _attach_slots(raw: Any, shape: tuple[int, ...]) -> None:
+    """Pool initializer: view the shared slots as float32 arrays (no copy)."""
+    global _worker_slots
+    _worker_slots = np.frombuffer(raw, dtype=np.float32).reshape(shape)
+
+
+def decode_chunk_to_slot(slot: int, contract: Preprocess, chunk: int, positions: Sequence[int],
+                         paths: Sequence[str]) -> DecodedChunk:
+    """`decode_chunk` into shared slot `slot` (runs in a worker started with `_attach_slots`)."""
+    assert _worker_slots is not None, "worker started without shared slots"
+    return decode_chunk(contract, chunk, positions, paths, into=_worker_slots[slot])
 
 
 def chunk_ranges(count: int, chunk_size: int) -> list[range]:
@@ -108,15 +141,28 @@ class ChunkDecoder:
         self.ranges = chunk_ranges(len(self.files), chunk_size)
         self.workers = check_workers(workers)
         self.start_method = start_method or default_start_method()
+        self.ahead = self.workers + 2  # chunks submitted and not yet consumed
         self._pool: multiprocessing.pool.Pool | None = None
+        self._slots: np.ndarray | None = None  # shared (ahead, chunk, 3, H, W); None: results come by pipe
+
+    def _slot_shape(self) -> tuple[int, ...]:
+        h, w = self.contract.crop_size
+        return (self.ahead, max((len(r) for r in self.ranges), default=0), 3, h, w)
 
     def __enter__(self) -> "ChunkDecoder":
         if self.workers > 0:
             context = multiprocessing.get_context(self.start_method)
             if self.start_method == "forkserver":
                 context.set_forkserver_preload(["numpy", "PIL.Image", "mnv4_deploy.data"])
+            shape = self._slot_shape()
+            floats = int(np.prod(shape))
+            initializer, initargs = None, ()
+            if 0 < floats * 4 <= SHARED_SLOTS_MAX_BYTES:
+                raw = context.RawArray("f", floats)
+                self._slots = np.frombuffer(raw, dtype=np.float32).reshape(shape)
+                initializer, initargs = _attach_slots, (raw, shape)
             with _without_main_module():  # a Pool starts all its workers here, and only here
-                self._pool = context.Pool(self.workers)
+                self._pool = context.Pool(self.workers, initializer, initargs)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -124,27 +170,37 @@ class ChunkDecoder:
             self._pool.terminate()  # every wanted chunk was consumed, or the consumer stopped early
             self._pool.join()
             self._pool = None
+        self._slots = None
 
     def _job(self, chunk: int) -> tuple:
         positions = list(self.ranges[chunk])
         return (self.contract, chunk, positions, [self.files[i] for i in positions])
 
+    def _submit(self, chunk: int, slot: int) -> multiprocessing.pool.AsyncResult:
+        assert self._pool is not None
+        if self._slots is None:
+            return self._pool.apply_async(decode_chunk, self._job(chunk))
+        return self._pool.apply_async(decode_chunk_to_slot, (slot, *self._job(chunk)))
+
     def chunks(self, wanted: Sequence[int]) -> Iterator[DecodedChunk]:
-        """Decoded chunks in the order of `wanted`, at most `workers + 2` decoded ahead."""
+        """Decoded chunks in the order of `wanted`, at most `workers + 2` decoded ahead.
+
+        Each chunk's `tensors` is its own array: a consumer may keep it after asking for the next.
+        """
         if self._pool is None:
             for chunk in wanted:
                 yield decode_chunk(*self._job(chunk))
             return
-        pending: deque[multiprocessing.pool.AsyncResult] = deque()
+        pending: deque[tuple[int, multiprocessing.pool.AsyncResult]] = deque()
         todo = iter(wanted)
-        ahead = self.workers + 2
-        for chunk in todo:
-            pending.append(self._pool.apply_async(decode_chunk, self._job(chunk)))
-            if len(pending) >= ahead:
-                break
+        for slot, chunk in zip(range(self.ahead), todo):
+            pending.append((slot, self._submit(chunk, slot)))
         while pending:
-            done = pending.popleft().get()
+            slot, result = pending.popleft()
+            done = result.get()
+            if self._slots is not None:  # copy out before the slot is handed to the next job
+                done.tensors = self._slots[slot, :len(done.positions)].copy()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(self._pool.apply_async(decode_chunk, self._job(nxt)))
+                pending.append((slot, self._submit(nxt, slot)))
             yield done

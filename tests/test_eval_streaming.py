@@ -103,6 +103,28 @@ def test_worker_pool_gives_the_contracts_tensors_in_order(labeled_dir):
     assert chunks[0].sha256[0] == data.file_sha256(files[0])
 
 
+@pytest.mark.parametrize("transport", ["shared slots", "result pipe"])
+def test_worker_pool_skips_unreadable_images_the_same_way_by_either_transport(labeled_dir, tmp_path, monkeypatch,
+                                                                            transport):
+    """Kept chunks stay intact while later chunks reuse the slots; a skip leaves no hole in the tensors."""
+    from mnv4_deploy import streaming
+
+    if transport == "result pipe":
+        monkeypatch.setattr(streaming, "SHARED_SLOTS_MAX_BYTES", 0)
+    files = list(data.labeled_files(labeled_dir).files)[:30]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    files[9:9] = [broken]  # position 9, in the second chunk of 7
+    with ChunkDecoder(files, CONTRACT, chunk_size=7, workers=2) as decoder:
+        assert (decoder._slots is not None) == (transport == "shared slots")
+        chunks = list(decoder.chunks(range(len(decoder.ranges))))  # kept while 5 chunks pass through 4 slots
+    readable = [p for p in files if p != broken]
+    assert np.array_equal(np.concatenate([c.tensors for c in chunks]),
+                          np.stack([CONTRACT.load_image(p) for p in readable]))
+    assert [c.tensors.shape[0] for c in chunks] == [7, 6, 7, 7, 3]
+    assert chunks[1].skipped[0][0] == 9 and 9 not in chunks[1].positions
+
+
 # ---- one pass, same numbers as in memory -----------------------------------------------------
 
 def test_streamed_export_reports_the_in_memory_numbers(unsharded, labeled_dir):
