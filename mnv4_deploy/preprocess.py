@@ -145,8 +145,9 @@ class Preprocess:
             if (new_w, new_h) != (w, h):
                 img = img.resize((new_w, new_h), resample=_PIL_FILTERS[self.interpolation])
             img = img.crop((left, top, left + cw, top + ch))
-        arr = np.asarray(img, dtype=np.float32)  # H, W, C in 0-255
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        # H, W, C uint8 -> C, H, W float32 in one copy (exact: every uint8 is a float32); converting
+        # first and transposing after made two, half the decode worker's time after the resize
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32, order="C")
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """0-255 CHW or NCHW pixels -> the model's normalized float32 input."""

@@ -59,3 +59,16 @@ def test_invalid_contracts_are_refused():
         Preprocess(crop_size=(8, 8), resize_short=8, interpolation="cubic-ish")
     with pytest.raises(ValueError, match="smaller than the crop"):
         Preprocess(crop_size=(64, 64), resize_short=32)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_pixels_are_pils_resized_crop_exactly_as_contiguous_float32(mode, tmp_path):
+    """The decode workers' one-copy uint8 -> float32 CHW conversion changes no pixel value."""
+    rng = np.random.default_rng(2)
+    img = Image.fromarray(rng.integers(0, 255, size=(97, 131, 3), dtype=np.uint8)).convert(mode)
+    contract = Preprocess(crop_size=(64, 64), resize_short=73)
+    ours = contract.pixels_from_pil(img)
+    resized = img.convert("RGB").resize((98, 73), resample=Image.BICUBIC)
+    expected = np.asarray(resized.crop((17, 4, 81, 68)), dtype=np.float32).transpose(2, 0, 1)
+    assert ours.dtype == np.float32 and ours.flags.c_contiguous
+    assert np.array_equal(ours, expected)
