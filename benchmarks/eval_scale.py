@@ -13,8 +13,12 @@
    - plain-four: a plain loop running the same four models as the full pass on each image;
    - streamed: our pass, reference + onnx + onnx-int8 + tflite-int8;
    - streamed-reused: the full pass again, the reference's records reused from `streamed`'s run;
-   - streamed-engine: the onnx artifact alone through the pass (no reference).
-   Comparisons: plain vs streamed-onnx, plain-four vs streamed, and streamed-reused.
+   - streamed-engine: the onnx artifact alone through the pass (no reference);
+   - floor: no pass at all: the CPU each part costs on its own (decoding, the reference, each
+     artifact), measured one after another on the first 256 images; their sum over the host's cores
+     is the most images/s any engine could get from that work here.
+   Comparisons: plain vs streamed-onnx, plain-four vs streamed, and streamed-reused; and the floor's
+   best possible images/s for each set of models against the plain loop.
 Peak RSS: the evaluating process's own peak (ru_maxrss), and the peak of the sum over it and every
 process below it (decode workers), sampled every 0.2 s. CPU seconds: user + system of the process
 and its waited-for children, which the other jobs on a shared host do not inflate as much as the
@@ -44,7 +48,12 @@ MODE_NAMES = {"plain": "(a) plain loop: PIL + onnxruntime, onnx alone",
               "plain-four": "(c) plain loop: PIL + reference + 3 targets",
               "streamed": "(c) streamed pass, reference + 3 targets",
               "streamed-reused": "(d) streamed pass, 3 targets, reference records reused",
-              "streamed-engine": "streamed pass, onnx artifact alone (no reference)"}
+              "streamed-engine": "streamed pass, onnx artifact alone (no reference)",
+              "floor": "floor: each part's CPU on its own (no pass)"}
+FLOOR_IMAGES = 256
+FLOOR_SETS = {"decode + onnx (plain loop's work)": ("decode", "onnx"),
+              "decode + reference + onnx (--to onnx)": ("decode", "reference", "onnx"),
+              "decode + reference + 3 targets (full pass)": ("decode", "reference", *TARGETS)}
 COMPARISONS = (("plain", "streamed-onnx"), ("plain-four", "streamed"), ("plain-four", "streamed-reused"))
 MODES = tuple(MODE_NAMES)
 MODEL = "conv_small"
@@ -268,6 +277,39 @@ def child_plain(work: Path, n: int, img_size: int, mode: str) -> dict:
     return _timed(n, mode, body)
 
 
+def child_floor(work: Path, n: int, img_size: int) -> dict:
+    """CPU per image of each part alone: decoding, the reference and each artifact, run one after another.
+
+    Process CPU time (every thread of this process, so a runner's own thread pool counts) over the
+    first min(N, FLOOR_IMAGES) images, each model after one warm-up chunk, in the chunks the pass uses.
+    """
+    import numpy as np
+
+    from mnv4_deploy import data
+    from mnv4_deploy.batches import CHUNK, torch_runner
+    from mnv4_deploy.eval_stage import reference_model
+    from mnv4_deploy.pipeline import prepare_model
+    from mnv4_deploy.preprocess import decode_image
+
+    prepared = prepare_model(MODEL, img_size=img_size, log=lambda _m: None)
+    labeled = data.labeled_files(work / "data").subset(range(min(n, FLOOR_IMAGES)))
+    count = len(labeled)
+    started = time.process_time()
+    tensors = np.stack([decode_image(path, prepared.contract) for path in labeled.files])
+    ms = {"decode": 1000 * (time.process_time() - started) / count}
+    models = {"reference": torch_runner(reference_model(prepared.canonical), one_thread=True), **_runners(work)}
+    for side, run in models.items():
+        run(tensors[:CHUNK])
+        started = time.process_time()
+        for i in range(0, count, CHUNK):
+            run(tensors[i:i + CHUNK])
+        ms[side] = 1000 * (time.process_time() - started) / count
+    cores = os.cpu_count() or 1
+    best = {name: round(1000 * cores / sum(ms[p] for p in parts), 1) for name, parts in FLOOR_SETS.items()}
+    return {"n": n, "mode": MODE_NAMES["floor"], "images": count, "cores": cores, "load_before": _load(),
+            "cpu_ms_per_image_by_part": {k: round(v, 2) for k, v in ms.items()}, "best_images_per_s": best}
+
+
 # ---- driver ----------------------------------------------------------------------------------
 
 def export_artifacts(work: Path, img_size: int) -> None:
@@ -304,6 +346,23 @@ def _row_line(r: dict) -> str:
             f"{r.get('load_after', '-')} |")
 
 
+def floor_lines(rows: list[dict]) -> list[str]:
+    """Each floor row: the parts' CPU, and the best possible rate of each model set beside the plain loop's."""
+    by = {(r["n"], r["mode"]): r for r in rows}
+    lines = []
+    for r in (r for r in rows if r["mode"] == MODE_NAMES["floor"]):
+        plain = by.get((r["n"], MODE_NAMES["plain"]))
+        parts = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_image_by_part"].items())
+        lines += [f"N={r['n']} ({r['images']} images, load {r['load_before']}): CPU ms per image: {parts}.", "",
+                  "| work | best possible images/s on " + f"{r['cores']} cores | plain loop images/s | "
+                  "plain loop / best possible |", "|---|---|---|---|"]
+        for name, best in r["best_images_per_s"].items():
+            ratio = f"{plain['images_per_s'] / best:.2f}x" if plain else "-"
+            lines.append(f"| {name} | {best} | {plain['images_per_s'] if plain else '-'} | {ratio} |")
+        lines.append("")
+    return lines
+
+
 def comparisons(rows: list[dict]) -> list[str]:
     """Baseline vs ours for each N where both were measured: wall-clock and CPU-time ratios."""
     by = {(r["n"], r["mode"]): r for r in rows}
@@ -325,7 +384,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"{' '.join(meta['cpu']['simd'])} (all flags in the JSON).", "",
              "| N | mode | images/s | CPU ms/image | seconds | peak RSS main MB | peak RSS incl. workers MB | "
              "1-min load before -> after |", "|---|---|---|---|---|---|---|---|"]
-    lines += [_row_line(r) for r in rows]
+    lines += [_row_line(r) for r in rows if r["mode"] != MODE_NAMES["floor"]]
+    floors = floor_lines(rows)
+    if floors:
+        lines += ["", "Floor: what the work itself costs, with no engine around it (a ratio above 1.5x means no "
+                  "engine could run that work within 1.5x of the plain loop on this host):", "", *floors]
     lines += ["", "Comparisons (a wall ratio above 1 means ours is slower; CPU time is what each spent, "
               "whatever the other jobs on the host did):", "", *comparisons(rows)]
     return "\n".join(lines) + "\n"
@@ -350,14 +413,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mnv4-eval-scale"))
-    parser.add_argument("--modes", default="plain,streamed-onnx,plain-four,streamed,streamed-reused",
+    parser.add_argument("--modes", default="floor,plain,streamed-onnx,plain-four,streamed,streamed-reused",
                         help="which measurements to (re)run, in this order; rows of other sizes and modes are kept")
     parser.add_argument("--child", choices=MODES)
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
     if args.child is not None:
-        run = child_plain(args.work, args.n, args.img_size, args.child) if args.child.startswith("plain") else \
-            child_streamed(args.work, args.n, args.workers, args.img_size, args.child)
+        if args.child == "floor":
+            run = child_floor(args.work, args.n, args.img_size)
+        elif args.child.startswith("plain"):
+            run = child_plain(args.work, args.n, args.img_size, args.child)
+        else:
+            run = child_streamed(args.work, args.n, args.workers, args.img_size, args.child)
         print(json.dumps(run))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
