@@ -104,6 +104,16 @@ def _judgement_row(target: str, j: Judgement, with_emu: bool, with_acc: bool, wi
             *(["-", "-"] if with_lat else []), j.note()[:120]]
 
 
+def golden_line(golden: dict[str, Any]) -> str:
+    """What parity was judged on, and why those images (held out of calibration, or a synthetic fallback)."""
+    if golden.get("held_out_of"):
+        line = (f"golden inputs: {golden['count']} images of {golden['source']}, held out of the "
+                f"{golden['held_out_of']} sample")
+    else:
+        line = f"golden inputs: {golden['count']} {golden['source']} images"
+    return line + (f" ({golden['note']})" if golden.get("note") else "")
+
+
 @dataclass
 class Report:
     """Everything a run did; the Python API returns it and the files are made from it."""
@@ -199,7 +209,7 @@ class Report:
             + (f", {self.canonical['pads_rewritten']} SAME/zero pads rewritten at {tuple(self.contract['crop_size'])}"
                if self.canonical.get("pads_rewritten") else "")
             + (f"; vs original: max abs {ver['max_abs']:.2e}, cosine {ver['cosine']:.8f}" if ver else ""),
-            f"golden inputs: {self.golden['count']} {self.golden['source']} images",
+            golden_line(self.golden),
         ]
         if self.evaluation:
             ev = self.evaluation

@@ -71,6 +71,35 @@ def test_extra_judgements_are_rows_under_their_target_and_survive_report_json(tm
     assert again.format_table() == report.format_table()
 
 
+# ---- what parity was judged on -------------------------------------------------------------
+def _report_json(golden: dict) -> dict:
+    """A report.json dict as an int8 export with --calib-data writes it (no results needed)."""
+    return {"model": {"name": "conv_small", "timm_name": "mobilenetv4_conv_small.e2400_r224_in1k",
+                      "weights": "random init, seed 0",
+                      "calibration": {"source": "photos", "count": 32, "sha256": "f4dee571fe3c3467bd" + "0" * 46}},
+            "contract": {"crop_size": [64, 64], "resize_short": 73, "interpolation": "bicubic",
+                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "canonical": {"norms_folded": 46}, "golden": golden, "options": {}, "recipe": {}, "out_dir": "out",
+            "results": []}
+
+
+@pytest.mark.parametrize("golden, line", [
+    ({"source": "photos", "count": 8, "sha256": "ab", "held_out_of": "calibration"},
+     "golden inputs: 8 images of photos, held out of the calibration sample"),
+    ({"source": "photos", "count": 8, "sha256": "ab"}, "golden inputs: 8 photos images"),  # --data photos
+    ({"source": "synthetic", "count": 8, "sha256": "ab", "note": "synthetic: --calib-data photos has no readable "
+      "images beyond the calibration sample"},
+     "golden inputs: 8 synthetic images (synthetic: --calib-data photos has no readable images beyond the "
+     "calibration sample)"),
+])
+def test_report_md_says_where_the_parity_inputs_came_from(golden, line):
+    """Held out of the calibration sample, a --data folder, or a synthetic fallback and why."""
+    markdown = Report.from_dict(_report_json(golden)).to_markdown()
+    assert f"- {line}\n" in markdown
+    assert ("held out" in markdown) == ("held_out_of" in golden)
+    assert "- calibration: 32 images from photos (sha256 f4dee571fe3c3467)" in markdown
+
+
 def test_bpu_forecasts_become_typed_judgements():
     from converters.bpu.target import forecast_judgements
 
