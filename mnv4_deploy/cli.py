@@ -94,19 +94,25 @@ EvalWorkersOpt = Annotated[int, typer.Option("--eval-workers", help="processes d
                                              "(0: in the main process)")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted evaluation from the records "
                                          "in --out/eval/")]
+EvalReferenceFromOpt = Annotated[Optional[Path], typer.Option("--eval-reference-from", help="reuse the reference "
+                                                              "model's per-image records of an earlier run (its --out "
+                                                              "or --out/eval) when model, recipe, contract and images "
+                                                              "match; else they are recomputed, saying why")]
 
 
-def _eval_options(shard: Optional[str], workers: int, resume: bool, eval_data: Optional[Path]) -> dict:
+def _eval_options(shard: Optional[str], workers: int, resume: bool, eval_data: Optional[Path],
+                  reference_from: Optional[Path] = None) -> dict:
     from .errors import UsageError
 
-    if eval_data is None and (shard is not None or resume):
-        raise UsageError(f"{'--eval-shard' if shard is not None else '--resume'} needs labeled images",
-                         "pass --eval-data DIR")
+    needing = [flag for flag, given in (("--eval-shard", shard is not None), ("--resume", resume),
+                                        ("--eval-reference-from", reference_from is not None)) if given]
+    if eval_data is None and needing:
+        raise UsageError(f"{needing[0]} needs labeled images", "pass --eval-data DIR")
     if shard is not None:
         from .evaluation import ShardSpec
 
         ShardSpec.parse(shard)  # a malformed K/N is refused before the model loads
-    return {"shard": shard, "workers": workers, "resume": resume}
+    return {"shard": shard, "workers": workers, "resume": resume, "reference_from": reference_from}
 
 
 class OutputFormat(str, Enum):
@@ -165,6 +171,7 @@ _EXPORT_FLAGS: list[tuple[str, Any, Any]] = [
     ("eval_shard", _in_panel(EvalShardOpt, "Evaluation"), None),
     ("eval_workers", _in_panel(EvalWorkersOpt, "Evaluation"), 2),
     ("resume", _in_panel(ResumeOpt, "Evaluation"), False),
+    ("eval_reference_from", _in_panel(EvalReferenceFromOpt, "Evaluation"), None),
     ("simplify", _flag(bool, "--simplify/--no-simplify", help="run onnxsim", panel="ONNX"), True),
 ]
 _EXPORT_OUTPUT_FLAGS: list[tuple[str, Any, Any]] = [
@@ -218,7 +225,7 @@ def export_command(**params: Any) -> None:
         options = {name: params.pop(name) for name in ("fold", "dynamic_batch", "simplify")}
         options.update({name: params.pop(name) for name, _, _ in _TARGET_FLAGS})
         eval_options = _eval_options(params.pop("eval_shard"), params.pop("eval_workers"), params.pop("resume"),
-                                     params["eval_data"])
+                                     params["eval_data"], params.pop("eval_reference_from"))
         return _export_body(params.pop("model"), params.pop("to"), params.pop("out"), params.pop("quiet"),
                             params.pop("output"), options, eval_options=eval_options, **params)
     _guarded(body)
@@ -248,6 +255,7 @@ def validate_command(
     max_drop: MaxDropOpt = None,
     quant_config: QuantOpt = "default",
     eval_workers: EvalWorkersOpt = 2,
+    eval_reference_from: EvalReferenceFromOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="also write report.json/.md here")] = None,
     output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
 ) -> None:
@@ -260,7 +268,8 @@ def validate_command(
                                    num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
                                    seed=seed, eval_data=eval_data, eval_size=eval_size, max_drop=max_drop,
                                    quant_config=quant_config, out=out, log=log,
-                                   eval_options=_eval_options(None, eval_workers, False, eval_data))
+                                   eval_options=_eval_options(None, eval_workers, False, eval_data,
+                                                              eval_reference_from))
         if output is OutputFormat.json:
             print(json.dumps(report.to_dict(), indent=2, default=str))
         else:

@@ -335,13 +335,18 @@ class LabeledSet:
     files: tuple[Path, ...]
     labels: tuple[int, ...]
     layout: str
+    classes_found: tuple[int, ...] = field(default=(), compare=False)  # every listed label, sampled or not
 
     def __len__(self) -> int:
         return len(self.files)
 
     def subset(self, positions: Sequence[int]) -> "LabeledSet":
         return LabeledSet(self.root, tuple(self.files[i] for i in positions),
-                          tuple(self.labels[i] for i in positions), self.layout)
+                          tuple(self.labels[i] for i in positions), self.layout, self.classes_found)
+
+    def check_classes(self, num_classes: int) -> None:
+        """The one check that needs the model: run once it is loaded, on the set already found."""
+        check_classes(self.classes_found, num_classes)
 
     def listing_sha256(self, contract: Preprocess) -> str:
         """Identity of the list (names and labels, not file bytes): what shards of one set share."""
@@ -454,18 +459,24 @@ def labeled_files(root: str | Path, count: int | None = None, seed: int = 0, num
         pairs, layout = _folder_pairs(root, option), "imagefolder"
     if not pairs:
         raise UsageError(f"{option} {root}: no labeled images found", "check labels.csv or the class folders")
+    found = tuple(sorted({lbl for _, lbl in pairs}))
     if num_classes is not None:
-        bad = sorted({lbl for _, lbl in pairs if not 0 <= lbl < num_classes})
-        if bad:
-            raise UsageError(f"{option}: labels {bad[:5]} are outside the model's {num_classes} classes",
-                             "use labels that match the model's classifier, or --num-classes")
+        check_classes(found, num_classes)
     missing = [p for p, _ in pairs if not p.exists()]
     if missing:
         raise UsageError(f"{option}: {len(missing)} listed files do not exist (first: {missing[0]})",
                          "fix labels.csv")
     chosen = sample_files([p for p, _ in pairs], count, seed)
     label_of = {p: lbl for p, lbl in pairs}
-    return LabeledSet(root, tuple(chosen), tuple(label_of[p] for p in chosen), layout)
+    return LabeledSet(root, tuple(chosen), tuple(label_of[p] for p in chosen), layout, found)
+
+
+def check_classes(labels: Sequence[int], num_classes: int) -> None:
+    """Refuse labels outside the model's classifier (labels: the set's distinct labels, sorted)."""
+    bad = [lbl for lbl in labels if not 0 <= lbl < num_classes]
+    if bad:
+        raise UsageError(f"--eval-data: labels {bad[:5]} are outside the model's {num_classes} classes",
+                         "use labels that match the model's classifier, or --num-classes")
 
 
 def labeled_batch(root: str | Path, contract: Preprocess, count: int | None = None, seed: int = 0,

@@ -20,7 +20,8 @@ import numpy as np
 
 from . import data as datasets
 from .batches import torch_runner
-from .evaluation import EvalRecords, EvalSpec, ShardSpec, run_evaluation
+from .errors import UsageError
+from .evaluation import EVAL_DIR, META, REFERENCE, EvalRecords, EvalSpec, ShardSpec, run_evaluation
 from .preprocess import Preprocess
 from .streaming import DEFAULT_WORKERS, check_workers
 
@@ -56,6 +57,58 @@ def model_sha256(model: Any) -> str:
     return h.hexdigest()
 
 
+def reference_records_dir(path: str | Path, resume: bool) -> Path:
+    """`--eval-reference-from`: an earlier run's `eval/` folder, given as its --out or as the folder itself."""
+    if resume:
+        raise UsageError("--eval-reference-from with --resume: a resumed run continues its own records",
+                         "drop --eval-reference-from, or start a fresh run without --resume")
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"--eval-reference-from {path}: not a directory",
+                         "pass the --out of an earlier run with --eval-data (or its eval/ folder)")
+    for folder in (path / EVAL_DIR, path):
+        if _finished_records(folder):
+            return folder
+    raise UsageError(f"--eval-reference-from {path}: no finished evaluation records ({EVAL_DIR}/{META} and "
+                     f"{REFERENCE}.npz)", "pass the --out of an earlier run with --eval-data that finished")
+
+
+def _finished_records(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and bool(meta.get("complete")) and (folder / f"{REFERENCE}.npz").is_file()
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """The labeled set found and sampled before the model loads, and how to evaluate it.
+
+    Everything here is checked without the model, so a bad folder, shard spec or reference
+    folder fails before any model is built or image decoded; `EvalStage.open` adds the model.
+    """
+
+    labeled: datasets.LabeledSet
+    shard: ShardSpec | None = None
+    workers: int = DEFAULT_WORKERS
+    resume: bool = False
+    reference_from: Path | None = None
+
+    @classmethod
+    def find(cls, eval_data: str | Path, *, count: int | None, seed: int, shard: str | ShardSpec | None = None,
+             workers: int = DEFAULT_WORKERS, resume: bool = False,
+             reference_from: str | Path | None = None) -> "EvalRequest":
+        """Find and sample the labeled set (no decoding); bad layouts, shard specs and folders fail here."""
+        spec = ShardSpec.parse(shard) if isinstance(shard, str) else shard
+        workers = check_workers(workers)
+        reference = reference_records_dir(reference_from, resume) if reference_from is not None else None
+        labeled = datasets.labeled_files(eval_data, count, seed)
+        # more shards than chunks: refused before any work (the chunk grid does not depend on the contract)
+        EvalSpec(labeled, None, {}, spec).chunk_ids()  # type: ignore[arg-type]
+        return cls(labeled, spec, workers, resume, reference)
+
+
 @dataclass
 class EvalStage:
     """One run's labeled set, its shard, and the runners that will see it."""
@@ -67,16 +120,14 @@ class EvalStage:
     resume: bool = False
     runners: dict[str, Run] = field(default_factory=dict)
     records: EvalRecords | None = None
+    reference_from: Path | None = None  # an earlier run's eval/ folder whose reference records may be reused
 
     @classmethod
-    def open(cls, eval_data: str | Path, contract: Preprocess, *, count: int | None, seed: int,
-             num_classes: int | None, shard: str | ShardSpec | None = None, workers: int = DEFAULT_WORKERS,
-             resume: bool = False) -> "EvalStage":
-        """Find and sample the labeled set (no decoding yet); bad layouts and shard specs fail here."""
-        spec = ShardSpec.parse(shard) if isinstance(shard, str) else shard
-        labeled = datasets.labeled_files(eval_data, count, seed, num_classes)
-        EvalSpec(labeled, contract, {}, spec).chunk_ids()  # more shards than chunks: refused before any work
-        return cls(labeled, contract, spec, check_workers(workers), resume)
+    def open(cls, request: EvalRequest, contract: Preprocess, num_classes: int) -> "EvalStage":
+        """The found set for the loaded model: only the label range is checked here, nothing is scanned again."""
+        request.labeled.check_classes(num_classes)
+        return cls(request.labeled, contract, request.shard, request.workers, request.resume,
+                   reference_from=request.reference_from)
 
     def held_batch(self, log: Log) -> datasets.ImageBatch:
         """The first HELD_IMAGES labeled images, decoded into memory."""
@@ -115,5 +166,5 @@ class EvalStage:
         # one thread: shards may run on machines with other core counts (see batches.torch_runner)
         run_reference = torch_runner(reference_model(reference), one_thread=True)
         self.records = run_evaluation(spec, run_reference, self.runners, out_dir, workers=self.workers,
-                                      resume=self.resume, log=log)
+                                      resume=self.resume, log=log, reference_from=self.reference_from)
         return self.records

@@ -364,15 +364,26 @@ def _check_run_inputs(converters: Sequence[Converter], calib_data: Any, eval_dat
             raise UsageError(f"--max-drop {max_drop}: must be between 0 and 100 (points of top-1)")
 
 
-def _eval_stage(eval_data: Any, eval_size: int | None, seed: int, prepared: PreparedModel,
-                eval_options: Mapping[str, Any] | None) -> Any:
-    """The labeled set found and sampled (not decoded); None without --eval-data."""
+def _find_eval_set(eval_data: Any, eval_size: int | None, seed: int, eval_options: Mapping[str, Any] | None) -> Any:
+    """The labeled set found and sampled (not decoded) before the model loads; None without --eval-data.
+
+    A typo in the folder, its labels, the shard spec or the reference folder fails in seconds,
+    not after the model is built and the calibration images decoded.
+    """
     if eval_data is None:
+        return None
+    from .eval_stage import EvalRequest
+
+    return EvalRequest.find(eval_data, count=eval_size, seed=seed, **dict(eval_options or {}))
+
+
+def _eval_stage(request: Any, prepared: PreparedModel) -> Any:
+    """The found set (eval_stage.EvalRequest) for the loaded model (its label range checked); None without one."""
+    if request is None:
         return None
     from .eval_stage import EvalStage
 
-    return EvalStage.open(eval_data, prepared.contract, count=eval_size, seed=seed,
-                          num_classes=prepared.model_info["num_classes"], **dict(eval_options or {}))
+    return EvalStage.open(request, prepared.contract, prepared.model_info["num_classes"])
 
 
 def _held_evaluation(stage: Any, prepared: PreparedModel, log: Log) -> Evaluation:
@@ -407,7 +418,8 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
     are computed once and shared by every target. `step`, when given, is told the name of each
     long step as it starts (progress bars, phase timers); `sensitivity_images` > 0 adds a
     per-layer int8 sensitivity ranking on that many calibration images to the report.
-    `eval_options` (`shard` "K/N", `workers`, `resume`) steer the streamed labeled evaluation.
+    `eval_options` (`shard` "K/N", `workers`, `resume`, `reference_from`: an earlier run's --out or
+    its eval/ folder whose reference records may be reused) steer the streamed labeled evaluation.
     """
     step = step or (lambda _name: None)
     options = ExportOptions.of(options)
@@ -419,6 +431,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
                          "random-init BatchNorm re-estimation and the parity statistics need two images or more")
     if calib_size is not None and calib_size < 1:
         raise UsageError(f"--calib-size {calib_size}: must be at least 1")
+    eval_request = _find_eval_set(eval_data, eval_size, seed, eval_options)
     label = model if isinstance(model, str) else (name or type(model).__name__)
     out_path = Path(out) if out is not None else Path("exports") / label.replace(":", "_")
     for conv in converters:  # e.g. refuse an --out inside an existing BPU bundle, before writing anything
@@ -442,7 +455,7 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
             prepared.model_info["calibration"] = ctx.calibration.describe() | {"files": ctx.calibration.files}
             log(f"calibration: {len(ctx.calibration)} images from {calib_data} (sha256 {ctx.calibration.sha256[:12]})")
             datasets.check_held_out(prepared.golden, ctx.calibration.files)
-        ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)
+        ctx.eval_stage = _eval_stage(eval_request, prepared)
         if ctx.eval_stage is not None and any(c.info.needs_calibration for c in converters):
             step("held labeled images")
             ctx.evaluation = _held_evaluation(ctx.eval_stage, prepared, log)
@@ -519,6 +532,7 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
     conv = load_target(target, eps) if target else target_for_artifact(path, eps)
     conv.info.require_backends()
     _check_run_inputs([], None, eval_data, max_drop)
+    eval_request = _find_eval_set(eval_data, eval_size, seed, eval_options)
     recipe = load_recipe(quant_config)
     prepared = prepare_model(model, contract=contract, name=name, weights=weights, pretrained=pretrained,
                              num_classes=num_classes, img_size=img_size, data=data, golden_count=golden_count,
@@ -532,7 +546,7 @@ def validate_artifact(artifact: str | Path, model: "str | Any", *, target: str |
     out_dir = ensure_writable_dir(Path(out)) if out is not None else path.parent
     ctx = RunContext(prepared=prepared, recipe=recipe, options=ExportOptions(fold=fold), out_dir=out_dir,
                      stem=path.stem, max_drop=max_drop, log=log)
-    ctx.eval_stage = _eval_stage(eval_data, eval_size, seed, prepared, eval_options)
+    ctx.eval_stage = _eval_stage(eval_request, prepared)
     report = _new_report(ctx)
     # a file may carry another precision than its target's default (openvino --openvino-fp16-weights)
     precision = conv.declared_precision(description or {})
