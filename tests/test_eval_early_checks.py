@@ -48,7 +48,8 @@ def _one_error(result) -> str:
 def test_export_refuses_a_bad_labeled_set_before_loading_the_model(tmp_path, make_set, message):
     out = tmp_path / "out"
     result = runner.invoke(app, ["export", "--model", "conv_small", "--img-size", "32", "--to", "onnx",
-                                 "--weights", str(tmp_path / "missing.pth"), "--eval-data", str(make_set(tmp_path / "set")),
+                                 "--weights", str(tmp_path / "missing.pth"),
+                                 "--eval-data", str(make_set(tmp_path / "set")),
                                  "--eval-workers", "0", "--out", str(out)])
     line = _one_error(result)
     assert message in line and "--weights" not in line
@@ -60,7 +61,8 @@ def test_validate_refuses_a_bad_labeled_set_before_loading_the_model(tmp_path, m
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes(b"not read: the labeled set is refused first")
     result = runner.invoke(app, ["validate", str(artifact), "--model", "conv_small", "--img-size", "32",
-                                 "--weights", str(tmp_path / "missing.pth"), "--eval-data", str(make_set(tmp_path / "set")),
+                                 "--weights", str(tmp_path / "missing.pth"),
+                                 "--eval-data", str(make_set(tmp_path / "set")),
                                  "--eval-workers", "0"])
     line = _one_error(result)
     assert message in line and "--weights" not in line
@@ -91,8 +93,9 @@ def test_labels_outside_the_model_are_refused_after_it_loads_without_a_second_sc
     monkeypatch.setattr(data, "labeled_files", counting)
     torch.manual_seed(0)
     with pytest.raises(UsageError, match=r"labels \[12\] are outside the model's 10 classes"):
-        mnv4_deploy.export(TenClasses().eval(), "onnx", tmp_path / "out", contract=Preprocess(crop_size=(32, 32), resize_short=36),
-                           name="ten", eval_data=tmp_path / "set", log=lambda _m: None, eval_options={"workers": 0})
+        mnv4_deploy.export(TenClasses().eval(), "onnx", tmp_path / "out", name="ten",
+                           contract=Preprocess(crop_size=(32, 32), resize_short=36), eval_data=tmp_path / "set",
+                           log=lambda _m: None, eval_options={"workers": 0})
     assert scans == [tmp_path / "set"]
     assert not list((tmp_path / "out").rglob("*.onnx"))  # refused before any conversion
 
