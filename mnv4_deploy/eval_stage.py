@@ -21,7 +21,8 @@ import numpy as np
 from . import data as datasets
 from .batches import torch_runner
 from .errors import UsageError
-from .evaluation import EVAL_DIR, META, REFERENCE, EvalRecords, EvalSpec, ShardSpec, run_evaluation
+from .evaluation import (EVAL_CHUNK, EVAL_DIR, META, REFERENCE, EvalRecords, EvalSpec, ShardSpec, run_evaluation,
+                         shard_chunk_ids)
 from .preprocess import Preprocess
 from .streaming import DEFAULT_WORKERS, check_workers
 
@@ -104,8 +105,7 @@ class EvalRequest:
         workers = check_workers(workers)
         reference = reference_records_dir(reference_from, resume) if reference_from is not None else None
         labeled = datasets.labeled_files(eval_data, count, seed)
-        # more shards than chunks: refused before any work (the chunk grid does not depend on the contract)
-        EvalSpec(labeled, None, {}, spec).chunk_ids()  # type: ignore[arg-type]
+        shard_chunk_ids(len(labeled), EVAL_CHUNK, spec)  # more shards than chunks: refused before any work
         return cls(labeled, spec, workers, resume, reference)
 
 

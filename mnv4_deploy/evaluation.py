@@ -132,6 +132,15 @@ def side_records(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray
 
 # ---- the pass -------------------------------------------------------------------------------
 
+def shard_chunk_ids(images: int, chunk_size: int, shard: ShardSpec | None) -> list[int]:
+    """The chunks of an `images`-long list that `shard` evaluates; more shards than chunks is refused."""
+    total = len(chunk_ranges(images, chunk_size))
+    if shard and shard.count > total:
+        raise UsageError(f"--eval-shard {shard}: {images} images make only {total} chunk(s) of "
+                         f"{chunk_size}, fewer than {shard.count} shards", f"use at most {total} shards")
+    return shard.chunk_ids(total) if shard else list(range(total))
+
+
 @dataclass
 class EvalSpec:
     """What one streaming evaluation covers and which run it belongs to."""
@@ -147,11 +156,7 @@ class EvalSpec:
         return len(chunk_ranges(len(self.labeled), self.chunk_size))
 
     def chunk_ids(self) -> list[int]:
-        total = self.total_chunks()
-        if self.shard and self.shard.count > total:
-            raise UsageError(f"--eval-shard {self.shard}: {len(self.labeled)} images make only {total} chunk(s) of "
-                             f"{self.chunk_size}, fewer than {self.shard.count} shards", f"use at most {total} shards")
-        return self.shard.chunk_ids(total) if self.shard else list(range(total))
+        return shard_chunk_ids(len(self.labeled), self.chunk_size, self.shard)
 
     def run_fields(self) -> dict[str, Any]:
         return {**self.identity, "eval_images": len(self.labeled), "chunk_size": self.chunk_size,
