@@ -101,6 +101,15 @@ def test_w8a8_converts_and_passes_parity_against_float_and_its_plan(name, export
         assert any(n.startswith("attention") for n in result.metadata["neural_engine_notes"])
 
 
+def test_the_package_holds_only_core_ml_files(exported):
+    """No executorch_debug_handle_mapping.json (coremltools 9 saves one for torch.export programs)."""
+    report, out = exported("conv_small")
+    package = out / report.result("coreml-int8").artifact
+    files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file())
+    assert files == ["Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin",
+                     "Manifest.json"]
+
+
 def test_image_input_keeps_the_plan_weights_exact(calib_dir, tmp_path):
     """ImageNet std differs per channel: the remainder is a multiply in front, not folded into
     the first conv, so its integer weights stay the plan's."""

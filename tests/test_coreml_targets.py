@@ -29,7 +29,7 @@ from converters.coreml import (COREML_FP16, COREML_FP32, COREML_W8, CONTRACT_KEY
 from converters.coreml.convert import save_package  # noqa: E402
 from converters.coreml.deployment import canonical_name  # noqa: E402
 from mnv4_deploy import export  # noqa: E402
-from mnv4_deploy.errors import ArtifactUnreadable, UsageError  # noqa: E402
+from mnv4_deploy.errors import ArtifactUnreadable, DeployError, UsageError  # noqa: E402
 from mnv4_deploy.pipeline import prepare_model, validate_artifact  # noqa: E402
 from mnv4_deploy.preprocess import Preprocess  # noqa: E402
 from mnv4_deploy.registry import Artifact, ExportOptions  # noqa: E402
@@ -161,6 +161,38 @@ def test_saving_again_gives_the_same_bytes(runs, tmp_path):
     for rel in ("Manifest.json", "Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin"):
         assert (again / rel).read_bytes() == (out / result.artifact / rel).read_bytes(), rel
     assert sha256_path(out / result.artifact) != ""
+
+
+CORE_ML_FILES = ["Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin", "Manifest.json"]
+
+
+def _package_files(package: Path) -> list[str]:
+    return sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file())
+
+
+def test_packages_hold_only_core_ml_files(runs):
+    """coremltools 9 also saves executorch_debug_handle_mapping.json for torch.export programs: not in ours."""
+    report, out = runs("conv_small")
+    for result in report.results:
+        assert _package_files(out / result.artifact) == CORE_ML_FILES, result.target
+    assert "executorch_debug_handle_mapping" not in (out / "SHA256SUMS").read_text()
+
+
+def test_a_stray_file_in_a_saved_package_is_refused_and_removed(runs, monkeypatch, tmp_path):
+    """Should a coremltools version write another file into the package, the export stops, leaving nothing."""
+    report, out = runs("conv_small")
+    mlmodel = ct.models.MLModel(str(out / report.result("coreml").artifact), skip_model_load=True)
+    save = type(mlmodel).save
+
+    def save_with_a_stray_file(self, path):
+        save(self, path)
+        Path(path, "debug.json").write_text("{}")
+
+    monkeypatch.setattr(type(mlmodel), "save", save_with_a_stray_file)
+    target = tmp_path / "stray.mlpackage"
+    with pytest.raises(DeployError, match="coremltools wrote debug.json into the Core ML package") as err:
+        save_package(mlmodel, target)
+    assert "\n" not in err.value.one_line() and not target.exists()
 
 
 @pytest.mark.slow

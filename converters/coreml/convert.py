@@ -23,6 +23,13 @@ protobuf maps in an order that changes between Python processes. All three are n
 here (UUIDs derived from the item path, the date key removed, the spec re-serialized with
 protobuf's deterministic, key-sorted map order), and the same model, options and tool
 versions then give a byte-identical package (weights were identical already).
+
+Package contents: coremltools 9's `MLModel.save` writes `executorch_debug_handle_mapping.json`
+next to `Manifest.json` for every program converted from `torch.export` (its debug-handle
+scope is "essential" there), mapping every op to the handle `null`, because only ExecuTorch's
+passes (`DebugHandleGeneratorPass`) number the nodes. It is no part of a Core ML package, so
+`save_package` saves with the MIL program detached (save reads it for that file only) and
+then refuses any top-level entry besides `Manifest.json` and `Data/`.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import contextlib
 import copy
 import io
 import json
+import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +58,7 @@ LABELS_KEY = "mnv4_deploy.class_labels"
 PREFIX = "mnv4_deploy."
 CONVERSION_DATE_KEY = "com.github.apple.coremltools.conversion_date"
 _MANIFEST_NAMESPACE = uuid.UUID("6d6e7634-6465-706c-6f79-2d636f72656d")  # fixed: "mnv4deploy-corem"
+PACKAGE_ENTRIES = frozenset({"Manifest.json", "Data"})  # a Core ML package's top level
 
 
 def coremltools() -> ModuleType:
@@ -332,8 +341,34 @@ def normalize_spec(package: Path) -> None:
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
+@contextlib.contextmanager
+def _program_detached(mlmodel: Any):
+    """`mlmodel` without its MIL program for the duration: `MLModel.save` then writes no debug-handle file.
+
+    The spec and the weights that `save` writes come from the model's spec and package, not
+    from the program, so the saved bytes are otherwise the same.
+    """
+    program = getattr(mlmodel, "_mil_program", None)
+    mlmodel._mil_program = None
+    try:
+        yield mlmodel
+    finally:
+        mlmodel._mil_program = program
+
+
+def stray_package_entries(package: Path) -> list[str]:
+    """Top-level entries of `package` that are not Core ML's own (`Manifest.json`, `Data/`)."""
+    return sorted(entry.name for entry in package.iterdir() if entry.name not in PACKAGE_ENTRIES)
+
+
 def save_package(mlmodel: Any, path: Path) -> None:
-    with _quiet():
+    """Write `mlmodel` as a package holding only Core ML's own files, with stable bytes."""
+    with _quiet(), _program_detached(mlmodel):
         mlmodel.save(str(path))
+    stray = stray_package_entries(path)
+    if stray:
+        shutil.rmtree(path)
+        raise DeployError(f"coremltools wrote {', '.join(stray)} into the Core ML package, which is no part of one",
+                          "report this with the coremltools version; constraints.txt pins the tested one")
     normalize_manifest(path)
     normalize_spec(path)
