@@ -1,10 +1,16 @@
 """Peak memory and throughput of the streamed one-pass evaluation as the labeled set grows.
 
     python benchmarks/eval_scale.py [--sizes 1000,5000,20000] [--modes plain,streamed-onnx,...]
-                                    [--workers 2] [--img-size 224] [--work /tmp/mnv4-eval-scale]
+                                    [--photos val|samples] [--workers 2] [--img-size 224]
+                                    [--work /tmp/mnv4-eval-scale]
 
 1. Makes max(--sizes) labeled JPEGs by augmenting ../shared/data/imagenet-samples (seeded crop,
    flip and brightness; each keeps its source's label; written once into --work, with labels.csv).
+   `--photos val` (default) then scales each to a 500 px long side, the size of most ImageNet
+   validation photos (500x375, 500x333, 375x500): the samples were stored with a 256 px short
+   side, and decoding cost follows the pixel count (2.2 vs 0.5-1.0 ms per image here), so
+   the samples' own size would understate what decoding the validation set costs against the
+   models. `--photos samples` keeps the samples' size (results in eval_scale_samples.*).
 2. Exports conv_small (random init) to onnx, onnx-int8 and tflite-int8 once (64 calibration images).
 3. For each N and mode, in a fresh process, on the first N images:
    - plain: a plain loop, PIL decode in the main process + the onnx artifact alone in onnxruntime
@@ -63,13 +69,17 @@ MODEL = "conv_small"
 
 # ---- data ---------------------------------------------------------------------------------------
 
-def _augment_one(job: tuple[str, str, int]) -> None:
-    """One seeded augmentation of a source photo, saved as JPEG."""
+VAL_LONG_SIDE = 500  # ImageNet validation photos: mostly 500x375, 500x333 or 375x500
+PHOTOS = {"val": VAL_LONG_SIDE, "samples": 0}
+
+
+def _augment_one(job: tuple[str, str, int, int]) -> None:
+    """One seeded augmentation of a source photo, scaled to `long_side` px (0: kept), saved as JPEG."""
     import random
 
     from PIL import Image, ImageEnhance
 
-    src, dest, seed = job
+    src, dest, seed, long_side = job
     rng = random.Random(seed)
     with Image.open(src) as img:
         img = img.convert("RGB")
@@ -81,10 +91,17 @@ def _augment_one(job: tuple[str, str, int]) -> None:
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
+        if long_side:
+            factor = long_side / max(img.size)
+            img = img.resize((round(img.width * factor), round(img.height * factor)), Image.BICUBIC)
         img.save(dest, quality=90)
 
 
-def make_dataset(folder: Path, count: int, workers: int) -> Path:
+def data_dir(work: Path, photos: str) -> Path:
+    return work / ("data" if photos == "samples" else f"data-{photos}{PHOTOS[photos]}")
+
+
+def make_dataset(folder: Path, count: int, workers: int, long_side: int) -> Path:
     """`count` augmented copies of the sample photos with their labels (reused when already there)."""
     import multiprocessing
 
@@ -100,7 +117,7 @@ def make_dataset(folder: Path, count: int, workers: int) -> Path:
         dest = folder / "img" / f"aug_{i:06d}.jpg"
         out_rows.append((dest.relative_to(folder).as_posix(), label))
         if not dest.exists():
-            jobs.append((str(SAMPLES / name), str(dest), i))
+            jobs.append((str(SAMPLES / name), str(dest), i, long_side))
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pool.map(_augment_one, jobs, chunksize=64)
@@ -200,7 +217,7 @@ def _timed(n: int, mode: str, body) -> dict:
             **extra}
 
 
-def child_streamed(work: Path, n: int, workers: int, img_size: int, mode: str) -> dict:
+def child_streamed(work: Path, photos: str, n: int, workers: int, img_size: int, mode: str) -> dict:
     """Our pass, as `mnv4-export --eval-data` runs it (EvalStage's reference runner and key)."""
     from mnv4_deploy import data, evaluation
     from mnv4_deploy.batches import torch_runner
@@ -209,20 +226,20 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, mode: str) -
 
     prepared = prepare_model(MODEL, img_size=img_size, log=lambda _m: None)
     runners = _runners(work)
-    labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
+    labeled = data.labeled_files(data_dir(work, photos)).subset(range(n))  # the first N, whatever its size
     stage = EvalStage(labeled, prepared.contract)
     identity = {"model": MODEL, "recipe": "default", "contract": prepared.contract.sha256(),
                 "eval_set": labeled.listing_sha256(prepared.contract), "eval_layout": labeled.layout}
     spec = evaluation.EvalSpec(labeled, prepared.contract, identity,
                                reference_key=stage.reference_key(prepared.canonical, identity))
     reference = torch_runner(reference_model(prepared.canonical), one_thread=True)
-    out, reuse_from = work / f"{mode}_{n}", None
+    out, reuse_from = work / f"{mode}_{photos}_{n}", None
     if mode == "streamed-onnx":
         runners = {"onnx": runners["onnx"]}
     elif mode == "streamed-engine":
         reference, runners, spec.reference_key = runners["onnx"], {}, None
     elif mode == "streamed-reused":
-        reuse_from = work / f"streamed_{n}" / evaluation.EVAL_DIR
+        reuse_from = work / f"streamed_{photos}_{n}" / evaluation.EVAL_DIR
         if not (reuse_from / evaluation.META).is_file():
             raise SystemExit(f"streamed-reused needs the streamed run's records: run mode streamed for N={n} first")
     shutil.rmtree(out, ignore_errors=True)  # an earlier run's records there would be reused (or resumed)
@@ -243,7 +260,7 @@ def child_streamed(work: Path, n: int, workers: int, img_size: int, mode: str) -
     return row
 
 
-def child_plain(work: Path, n: int, img_size: int, mode: str) -> dict:
+def child_plain(work: Path, photos: str, n: int, img_size: int, mode: str) -> dict:
     """A plain loop: decode each image with PIL in this process, run the model(s) on it, count top-1.
 
     `plain`: the onnx artifact alone in onnxruntime. `plain-four`: the reference through the pass's own
@@ -260,7 +277,7 @@ def child_plain(work: Path, n: int, img_size: int, mode: str) -> dict:
 
     prepared = prepare_model(MODEL, img_size=img_size, log=lambda _m: None)
     contract = prepared.contract
-    labeled = data.labeled_files(work / "data").subset(range(n))  # the first N, whatever the folder's size
+    labeled = data.labeled_files(data_dir(work, photos)).subset(range(n))  # the first N, whatever its size
     if mode == "plain":
         session = ort.InferenceSession(str(work / "artifacts" / f"{MODEL}.onnx"), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
@@ -279,7 +296,7 @@ def child_plain(work: Path, n: int, img_size: int, mode: str) -> dict:
     return _timed(n, mode, body)
 
 
-def child_floor(work: Path, n: int, img_size: int) -> dict:
+def child_floor(work: Path, photos: str, n: int, img_size: int) -> dict:
     """CPU per image of each part alone: decoding, the reference and each artifact, run one after another.
 
     Process CPU time (every thread of this process, so a runner's own thread pool counts) over the
@@ -296,7 +313,7 @@ def child_floor(work: Path, n: int, img_size: int) -> dict:
     from mnv4_deploy.preprocess import decode_image
 
     prepared = prepare_model(MODEL, img_size=img_size, log=lambda _m: None)
-    labeled = data.labeled_files(work / "data").subset(range(min(n, FLOOR_IMAGES)))
+    labeled = data.labeled_files(data_dir(work, photos)).subset(range(min(n, FLOOR_IMAGES)))
     count = len(labeled)
     tensors = np.stack([decode_image(path, prepared.contract) for path in labeled.files])  # warm-up
     started = time.process_time()
@@ -399,17 +416,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_stem(photos: str) -> str:
+    return "eval_scale" if photos == "val" else f"eval_scale_{photos}"
+
+
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     rows.sort(key=lambda r: (r["n"], r["mode"]))
+    photos = (f"photos scaled to a {PHOTOS[args.photos]} px long side (ImageNet validation's usual size)"
+              if PHOTOS[args.photos] else "photos at the samples' own size (256 px short side, cropped to 80-100%)")
     meta = {"model": MODEL, "img_size": args.img_size, "targets": list(TARGETS), "workers": args.workers,
+            "photos": args.photos, "photo_long_side": PHOTOS[args.photos],
             "cpu_count": os.cpu_count(), "cpu": cpu_flags(), "python": platform.python_version(),
-            "note": (f"Modes (first N images of the same augmented set, {args.workers} decode worker processes for "
+            "note": (f"Modes (first N images of the same augmented set, {photos}, {args.workers} decode worker "
+                     "processes for "
                      "the streamed pass): " + "; ".join(f"{k}: {v}" for k, v in MODE_NAMES.items())
                      + f". The host's {os.cpu_count()} cores are shared with other jobs: every row carries the 1-min "
                      "load average before and after it, and its CPU time.")}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "eval_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (RESULTS / "eval_scale.md").write_text(markdown(rows, meta))
+    stem = results_stem(args.photos)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(rows, meta))
 
 
 def main() -> None:
@@ -418,6 +444,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mnv4-eval-scale"))
+    parser.add_argument("--photos", choices=sorted(PHOTOS), default="val",
+                        help="val: augmented photos scaled to ImageNet validation's 500 px long side; samples: kept")
     parser.add_argument("--modes", default="floor,plain,streamed-onnx,plain-four,streamed,streamed-reused",
                         help="which measurements to (re)run, in this order; rows of other sizes and modes are kept")
     parser.add_argument("--child", choices=MODES)
@@ -425,11 +453,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.child is not None:
         if args.child == "floor":
-            run = child_floor(args.work, args.n, args.img_size)
+            run = child_floor(args.work, args.photos, args.n, args.img_size)
         elif args.child.startswith("plain"):
-            run = child_plain(args.work, args.n, args.img_size, args.child)
+            run = child_plain(args.work, args.photos, args.n, args.img_size, args.child)
         else:
-            run = child_streamed(args.work, args.n, args.workers, args.img_size, args.child)
+            run = child_streamed(args.work, args.photos, args.n, args.workers, args.img_size, args.child)
         print(json.dumps(run))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -437,19 +465,21 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODE_NAMES]
     if unknown:
         raise SystemExit(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODE_NAMES)})")
-    make_dataset(args.work / "data", max(sizes), args.workers)
+    make_dataset(data_dir(args.work, args.photos), max(sizes), args.workers, PHOTOS[args.photos])
     export_artifacts(args.work, args.img_size)
-    previous = json.loads((RESULTS / "eval_scale.json").read_text())["rows"] if (RESULTS / "eval_scale.json").exists() else []
+    stored = RESULTS / f"{results_stem(args.photos)}.json"
+    previous = json.loads(stored.read_text())["rows"] if stored.exists() else []
     wanted = {(n, MODE_NAMES[m]) for n in sizes for m in modes}
     current = set(MODE_NAMES.values())  # rows of modes this script no longer measures are dropped
     rows = [r for r in previous if r["mode"] in current and (r["n"], r["mode"]) not in wanted]
-    common = ["--work", str(args.work), "--img-size", str(args.img_size), "--workers", str(args.workers)]
+    common = ["--work", str(args.work), "--photos", args.photos, "--img-size", str(args.img_size),
+              "--workers", str(args.workers)]
     for n in sizes:
         for mode in modes:
             rows.append(run_child(["--child", mode, "--n", str(n), *common]))
             print(json.dumps(rows[-1]), file=sys.stderr)
             write_results(rows, args)  # after every row: a long run interrupted keeps what it measured
-    print((RESULTS / "eval_scale.md").read_text())
+    print((RESULTS / f"{results_stem(args.photos)}.md").read_text())
 
 
 if __name__ == "__main__":
