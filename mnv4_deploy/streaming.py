@@ -18,7 +18,7 @@ sized by the chunk, never by N); a worker decodes straight into the slot its job
 returns only positions, hashes and skips. Pickling 600 KB per 224 px image through the pipe
 and unpickling it in the consumer's result thread cost the consumer about 1.3 ms of CPU per
 image, a fifth of what the reference and one target spend on it (docs/benchmarks.md,
-"Evaluation at scale"). Each chunk is copied out of its slot (about 0.06 ms per image) before
+"Evaluation at scale"). Each chunk is copied out of its slot (0.03 ms per 224 px image) before
 the slot takes the next job, so a consumer may keep the chunks it was given.
 """
 from __future__ import annotations
