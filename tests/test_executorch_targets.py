@@ -225,3 +225,98 @@ def test_int8_without_calibration_or_with_float_layers_is_refused(digits_plans):
     partial = plan.with_float([plan.layers[0]], recorrect=False)
     with pytest.raises(UsageError, match="keeps 1 unit"):
         _full_integer_plan(SimpleNamespace(plan=partial), "executorch-int8")
+
+
+class _MultiQueryAttention:
+    """MobileNet-V4 hybrid's mobile MQA in miniature: one key/value head broadcast over four query heads."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.q, self.k, self.v = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+                self.out, self.drop = nn.Conv2d(16, 8, 1), nn.Dropout(0.1)
+
+            def forward(self, x):
+                b, _, h, w = x.shape
+                q = self.q(x).reshape(b, 4, 4, h * w).transpose(-1, -2)
+                k = self.k(x).reshape(b, 4, h * w).transpose(1, 2).unsqueeze(1)
+                v = self.v(x).reshape(b, 4, h * w).transpose(1, 2).unsqueeze(1)
+                attn = self.drop((q @ k.transpose(-1, -2)).softmax(-1))
+                o = (attn @ v).transpose(1, 2).reshape(b, h, w, 16).permute(0, 3, 1, 2).contiguous()
+                return self.out(o)
+
+        torch.manual_seed(0)
+        return Net().eval(), torch.randn(1, 8, 4, 4)
+
+
+def test_multi_query_attention_is_rewritten_to_the_same_function_and_fully_delegated(tmp_path):
+    """Without the rewrite its middle-dim unsqueezes and broadcast matmuls' expands stayed portable."""
+    import torch
+
+    from converters.executorch.attention_ops import rewrite_attention_ops
+    from converters.executorch.lower import export_program
+    from converters.executorch.runtime import pte_runner
+
+    model, x = _MultiQueryAttention.build()
+    exported = torch.export.export(model, (x,), strict=False)
+    counts = rewrite_attention_ops(exported.graph_module)
+    assert counts == {"dropout_dropped": 1, "contiguous_moved": 0, "unsqueeze_as_reshape": 2, "matmul_as_bmm": 2}
+    code = str(exported.graph_module.code)
+    assert "unsqueeze" not in code and "matmul" not in code and "dropout" not in code
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(exported.module()(x), expected, rtol=0, atol=1e-6)
+    facts = export_program(model, x, tmp_path / "mqa.pte", {"model": "mqa"})
+    delegation = facts["delegation"]
+    assert delegation["portable_compute_ops"] == 0 and delegation["delegated_subgraphs"] == 1, delegation["portable"]
+    np.testing.assert_allclose(pte_runner(tmp_path / "mqa.pte").run(x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_contiguous_after_a_quantize_pair_no_longer_hides_an_int8_conv(tmp_path):
+    """`permute -> q -> dq -> contiguous -> conv` (the MQA output projection): the conv and its per-channel
+    weight dequantize were left portable, and to_executorch failed ('Missing out variants')."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from converters.executorch import refuse_portable_compute
+    from converters.executorch.lower import export_program
+    from converters.executorch.runtime import pte_runner
+    from mnv4_deploy.quant.decomposed import register_quantized_decomposed
+
+    register_quantized_decomposed()
+    qd = torch.ops.quantized_decomposed
+
+    def on_grid(t, scale):
+        return qd.dequantize_per_tensor(qd.quantize_per_tensor(t, scale, 0, -128, 127, torch.int8),
+                                        scale, 0, -128, 127, torch.int8)
+
+    class OutputProjection(nn.Module):
+        def __init__(self):
+            super().__init__()
+            gen = torch.Generator().manual_seed(0)
+            self.register_buffer("w_int", torch.randint(-127, 128, (8, 16, 1, 1), generator=gen).to(torch.int8))
+            self.register_buffer("w_scale", torch.full((8,), 0.002))
+            self.register_buffer("w_zero", torch.zeros(8, dtype=torch.int64))
+            self.register_buffer("bias", torch.linspace(-0.1, 0.1, 8))
+
+        def forward(self, x):
+            y = on_grid(on_grid(x, 0.02).permute(0, 3, 1, 2), 0.02).contiguous()
+            w = qd.dequantize_per_channel(self.w_int, self.w_scale, self.w_zero, 0, -127, 127, torch.int8)
+            return on_grid(F.conv2d(y, w, self.bias), 0.01)
+
+    model, x = OutputProjection().eval(), torch.randn(1, 4, 4, 16)
+    facts = export_program(model, x, tmp_path / "proj.pte", {"model": "proj"})
+    assert facts["attention_rewrites"]["contiguous_moved"] == 1
+    delegation = facts["delegation"]
+    refuse_portable_compute(delegation, "executorch-int8")
+    assert delegation["delegated_subgraphs"] == 1, delegation["portable"]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    # XNNPACK's int8 conv rounds once, like the emulation: at most one output step (0.01) apart
+    np.testing.assert_allclose(pte_runner(tmp_path / "proj.pte").run(x.numpy()), expected, rtol=0, atol=0.0101)

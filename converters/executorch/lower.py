@@ -8,7 +8,8 @@ metadata (contract, class count, plan hash) is a constant method of the program
 The report counts every edge op by where it runs: inside an XNNPACK delegate or in ExecuTorch's
 portable kernels, and for each portable op why (the partitioner's own reason, captured from its
 `WhyNoPartition` log records, or the known cases: `getitem` only unpacks the delegate's outputs).
-Before lowering, hard-sigmoid is spelled with float constants (hardsigmoid.py) so XNNPACK takes it.
+Before lowering, hard-sigmoid is spelled with float constants (hardsigmoid.py) and attention's
+layout ops as ones XNNPACK has (attention_ops.py), so XNNPACK takes them.
 """
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from .attention_ops import rewrite_attention_ops
     from .hardsigmoid import spell_hardsigmoid_with_float_constants
 
     with warnings.catch_warnings():
@@ -113,6 +115,7 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
             raise DeployError(f"torch.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                               "the model must be torch.export-able (no data-dependent control flow)") from None
         hardsigmoids = spell_hardsigmoid_with_float_constants(exported.graph_module)
+        attention = rewrite_attention_ops(exported.graph_module)
         if prepare is not None:
             prepare(exported.graph_module)
         with _capture_reasons() as why:
@@ -129,4 +132,4 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
     path.write_bytes(program.buffer)
     return {"route": "torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch",
             "delegation": report, "metadata_method": METADATA_METHOD,
-            "hardsigmoid_float_constants": hardsigmoids}
+            "hardsigmoid_float_constants": hardsigmoids, "attention_rewrites": attention}
