@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 def _shape(node: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in node.meta["val"].shape)
 
