@@ -59,7 +59,7 @@ REFUSED: dict[tuple[str, str], str] = {}
 # xfail, so the day it passes the matrix says so and the line goes
 KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 # targets whose artifact is also judged against the run's int8 plan emulation
-PLAN_TARGETS = {"onnx-int8", "tflite-int8", "edgetpu", "coreml-int8"}
+PLAN_TARGETS = {"onnx-int8", "tflite-int8", "edgetpu", "coreml-int8", "ethos-u55", "ethos-u65", "ethos-u85"}
 
 
 def family(name: str) -> Family:
@@ -139,12 +139,16 @@ def test_family_target(matrix, model, target):
     assert result.parity["cosine"] >= result.thresholds["min_cosine"]
     if target in PLAN_TARGETS:  # int8 parity against the plan's own emulation
         assert result.emulation_parity is not None and result.emulation_parity["cosine"] > 0.98, result.emulation_parity
-    if target in ("tflite-int8", "edgetpu") and not family(model).tflite_regrids:
+    if (target in ("tflite-int8", "edgetpu") or target.startswith("ethos-")) and not family(model).tflite_regrids:
         assert result.metadata["plan_ranges"]["tensors_off_plan_grid"] == 0, result.metadata["plan_ranges"]
     if target == "edgetpu":  # CPU fallbacks are reported, op by op
         check = result.metadata["edgetpu_static_check"]
         assert check["counts"]["ops"] >= check["counts"]["on_edgetpu"] > 0
         assert check["fully_mapped"] or check["first_cpu_op"]["reasons"]
+    if target.startswith("ethos-"):  # Vela's verdict: ops on the NPU, every CPU fallback with Vela's reason
+        vela = result.metadata["vela"]
+        assert vela["counts"]["ops"] >= vela["counts"]["on_npu"] > 0 and vela["inferences_per_second"] > 0
+        assert vela["fully_mapped"] or all(op["reasons"] for op in vela["cpu_ops"])
     if target.startswith("bpu-"):  # the march's op check and the board's int8 forecast are reported
         meta = result.metadata
         assert meta["op_check"]["ok"] or meta["op_check"]["off_bpu"]

@@ -65,8 +65,9 @@ def test_every_builtin_target_declares_its_options_as_data():
                              "archive", "openvino_fp16_weights"}
     assert not set(declared) & set(CORE_OPTIONS)
     owners = option_owners()
-    assert set(owners["strict"]) == {"edgetpu", "bpu-x3", "bpu-x5"}  # one option, two families, one meaning
-    assert set(owners["io_dtype"]) == {"tflite-int8", "edgetpu"}
+    ethos = {"ethos-u55", "ethos-u65", "ethos-u85"}
+    assert set(owners["strict"]) == {"edgetpu", "bpu-x3", "bpu-x5"} | ethos  # one option, three families, one meaning
+    assert set(owners["io_dtype"]) == {"tflite-int8", "edgetpu"} | ethos
     assert {"onnx", "onnx-int8", "bpu-x5"} <= set(owners["opset"])
     for name in find_targets():
         info = load_target(name).info
@@ -181,7 +182,8 @@ def test_a_deploy_config_takes_target_options_and_each_export_gets_those_its_tar
 @pytest.mark.parametrize("targets, options, message", [
     ("onnx, tflite", "options: {io_dype: int8}", "options: unknown export option 'io_dype' (did you mean io_dtype?)"),
     ("onnx", "options: {io_dtype: int8}",
-     "options.io_dtype is not used by any target of the config (targets that use it: edgetpu, tflite-int8)"),
+     "options.io_dtype is not used by any target of the config (targets that use it: edgetpu, ethos-u55, ethos-u65, "
+     "ethos-u85, tflite-int8)"),
     ("tflite", "options: {layout: NHWC}", "options.layout: --layout 'NHWC' is not one of nhwc, nchw"),
     ("tflite", "options: [layout]", "options must be a mapping of target options"),
 ])

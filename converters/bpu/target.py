@@ -36,7 +36,7 @@ BPU_INPUT = TargetOption("bpu_input", str, "nv12", "board-side input, nv12, rgb,
                          choices=BPU_INPUTS)
 ARCHIVE = TargetOption("archive", bool, False, "also write the bundle as a deterministic .tar.gz", panel="BPU")
 # declared alike by the EdgeTPU target (the registry checks the two declarations agree)
-STRICT = TargetOption("strict", bool, False, "fail when any op would leave the accelerator (EdgeTPU, BPU)",
+STRICT = TargetOption("strict", bool, False, "fail when any op would leave the accelerator (EdgeTPU, BPU, Ethos-U)",
                       panel="Accelerators")
 
 class BpuConverter(Converter):

@@ -24,14 +24,14 @@ from mnv4_deploy.options import TargetOption
 from mnv4_deploy.registry import Artifact, ConvertJob, ExportOptions, TargetInfo
 
 from ..tflite.common import REPRODUCIBLE
-from ..tflite.int8_target import BACKENDS, embed_contract, require_plan
+from ..tflite.int8_target import BACKENDS, embed_contract, nhwc_full_integer, require_plan
 from ..tflite.io_types import IO_DTYPE, check_io_dtype
 from ..tflite.runtime import TfliteArtifacts
 
 DEFAULT_IO_DTYPE = "uint8"
 _IO_DTYPES = ("int8", "uint8")
-# declared alike by the BPU targets (the registry checks the two declarations agree)
-STRICT = TargetOption("strict", bool, False, "fail when any op would leave the accelerator (EdgeTPU, BPU)",
+# declared alike by the BPU targets, shared with the Ethos-U ones (the registry checks declarations agree)
+STRICT = TargetOption("strict", bool, False, "fail when any op would leave the accelerator (EdgeTPU, BPU, Ethos-U)",
                       panel="Accelerators")
 
 
@@ -94,26 +94,10 @@ class EdgeTpuConverter(TfliteArtifacts):
         if options.io_dtype != "float32":
             check_io_dtype(options.io_dtype, _IO_DTYPES, self.info.name)
 
-    def _model(self, job: ConvertJob, plan: Any, path: Path, io_dtype: str) -> dict[str, Any]:
-        """Reuse the run's tflite-int8 artifact (same plan, same route) or build the model."""
-        from ..tflite.io_types import set_io_dtype
-
-        up = job.upstream
-        if up is not None and up.metadata.get("layout") == "nhwc" and Path(up.path).is_file():
-            shutil.copyfile(up.path, path)
-            set_io_dtype(path, io_dtype)
-            keep = ("route", "quantization", "plan_ranges")
-            return {**{k: up.metadata[k] for k in keep if k in up.metadata}, "io_dtype": io_dtype,
-                    "full_integer_source": f"this run's {up.target} artifact {Path(up.path).name}"}
-        from ..tflite.full_integer import build_full_integer
-
-        meta = build_full_integer(plan, job.calibration.tensors, job.example, path, "nhwc", io_dtype, job.log)
-        return {**meta, "full_integer_source": "converted for this target"}
-
     def convert(self, job: ConvertJob) -> Artifact:
         plan = require_plan(job, self.info.name)
         path = job.workdir / f"{job.stem}{self.info.suffix}"
-        meta = self._model(job, plan, path, edgetpu_io_dtype(job.options))
+        meta = nhwc_full_integer(job, plan, path, edgetpu_io_dtype(job.options))
         meta.update(embed_contract(path, job, self.info, "nhwc"))
         check = static_check_summary(path)
         meta["edgetpu_static_check"] = check

@@ -45,6 +45,34 @@ def embed_contract(path: Path, job: ConvertJob, info: TargetInfo, layout: str) -
             "outputs": facts["outputs"], "op_histogram": facts["op_histogram"]}
 
 
+def nhwc_full_integer(job: ConvertJob, plan: "QuantPlan", path: Path, io_dtype: str) -> dict[str, Any]:
+    """The plan as full-integer NHWC TFLite with `io_dtype` I/O at `path`, for the accelerator targets
+    built on tflite-int8 (edgetpu, ethos-u*): the run's tflite-int8 artifact is reused when it is NHWC
+    (same plan, same route: quantized once per run), else the model is converted once per run here
+    (int8 I/O, kept in the run cache) and each target sets its own I/O type on a copy."""
+    import shutil
+
+    from .io_types import set_io_dtype
+
+    up = job.upstream
+    if up is not None and up.metadata.get("layout") == "nhwc" and Path(up.path).is_file():
+        shutil.copyfile(up.path, path)
+        set_io_dtype(path, io_dtype)
+        keep = ("route", "quantization", "plan_ranges")
+        return {**{k: up.metadata[k] for k in keep if k in up.metadata}, "io_dtype": io_dtype,
+                "full_integer_source": f"this run's {up.target} artifact {Path(up.path).name}"}
+    key = ("nhwc_full_integer", plan.sha256)  # several accelerator targets of one run convert once
+    if key not in job.run_cache:
+        from .full_integer import build_full_integer
+
+        meta = build_full_integer(plan, job.calibration.tensors, job.example, path, "nhwc", "int8", job.log)
+        job.run_cache[key] = (path.read_bytes(), meta)
+    model, meta = job.run_cache[key]
+    path.write_bytes(model)
+    set_io_dtype(path, io_dtype)
+    return {**meta, "io_dtype": io_dtype, "full_integer_source": "converted for this run's accelerator targets"}
+
+
 class TfliteInt8Converter(TfliteArtifacts):
     """Full-integer TFLite (int8 weights per channel, int8 activations) of the run's plan."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mnv4_deploy.batches import run_chunked
-from mnv4_deploy.errors import DeployError
+from mnv4_deploy.errors import DeployError, UsageError
 from mnv4_deploy.registry import Converter, Runner
 
 from .common import NUM_THREADS, tool_versions
@@ -20,10 +20,22 @@ from .metadata import op_histogram, read_embedded_contract, read_metadata
 
 
 def open_interpreter(path: Path) -> Any:
+    """The LiteRT interpreter on `path`, tensors allocated; a custom op it has no kernel for is a
+    one-line UsageError (a vendor-compiled model, e.g. Vela's `_vela.tflite`, runs only on its device)."""
+    import re
+
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path), num_threads=NUM_THREADS)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=NUM_THREADS)
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:
+        custom = re.search(r"unresolved custom op: ([\w.-]+?)\.?(?:\s|$)", str(exc))
+        if custom is None:
+            raise
+        raise UsageError(f"{Path(path).name} uses the custom op {custom[1]!r}, which the LiteRT interpreter here "
+                         "has no kernel for: a model compiled for an accelerator runs only on that device",
+                         "validate or inspect the TFLite it was compiled from") from None
     return interpreter
 
 
