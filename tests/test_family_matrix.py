@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -79,20 +80,26 @@ def _cases() -> list:
 
 
 class Matrix:
-    """Per model: the prepared model, its calibration and int8 plan (once); per target: one result."""
+    """Per model: the prepared model, its calibration and int8 plan (once); per target: one result.
 
-    def __init__(self, root: Path):
+    `prepare(key, recipe)` makes a model key's `PreparedModel` (default: a registered model name
+    at the SMALL size; the attention spelling zoo passes its own modules).
+    """
+
+    def __init__(self, root: Path, prepare: Callable[[str, Any], PreparedModel] | None = None):
         self.root = root
         self.recipe = load_recipe("default")
         self.calib_dir = root / "calib"
         make_images(self.calib_dir, CALIB_IMAGES, size=(96, 80), seed=7)
+        self.prepare = prepare or (lambda name, recipe: prepare_model(name, img_size=SMALL, golden_count=8,
+                                                                      recipe=recipe, log=lambda _: None))
         self.contexts: dict[str, RunContext] = {}
         self.results: dict[tuple[str, str], object] = {}
 
     def context(self, model: str) -> RunContext:
         if model not in self.contexts:
             quiet = lambda _: None  # noqa: E731
-            prepared: PreparedModel = prepare_model(model, img_size=SMALL, golden_count=8, recipe=self.recipe, log=quiet)
+            prepared: PreparedModel = self.prepare(model, self.recipe)
             calibration = datasets.image_folder_batch(self.calib_dir, prepared.contract, CALIB_IMAGES, 0,
                                                       option="--calib-data", log=quiet)
             out = self.root / model.replace(":", "_")
@@ -135,11 +142,17 @@ def test_family_target(matrix, model, target):
         assert result.status == EXPORT_FAILED and result.exit_code == 2, result.reason
         assert "\n" not in result.reason and target in result.reason and re.search(refusal, result.reason)
         return
+    check_passed(result, target, on_plan_grid=not family(model).tflite_regrids)
+
+
+def check_passed(result: Any, target: str, on_plan_grid: bool = True) -> None:
+    """A target's row passed, parity recomputed on its artifact (and on its plan emulation, for int8),
+    with the target's own facts reported (plan grids, accelerator op checks)."""
     assert result.status == PASSED, (result.reason, result.failures)
     assert result.parity["cosine"] >= result.thresholds["min_cosine"]
     if target in PLAN_TARGETS:  # int8 parity against the plan's own emulation
         assert result.emulation_parity is not None and result.emulation_parity["cosine"] > 0.98, result.emulation_parity
-    if (target in ("tflite-int8", "edgetpu") or target.startswith("ethos-")) and not family(model).tflite_regrids:
+    if (target in ("tflite-int8", "edgetpu") or target.startswith("ethos-")) and on_plan_grid:
         assert result.metadata["plan_ranges"]["tensors_off_plan_grid"] == 0, result.metadata["plan_ranges"]
     if target == "edgetpu":  # CPU fallbacks are reported, op by op
         check = result.metadata["edgetpu_static_check"]
