@@ -112,6 +112,18 @@ def test_vela_outputs_sit_beside_the_artifact_and_the_report_reads_them(digits_r
     assert vela["settings"]["defaulted"] == ["system config", "memory mode"]  # the MAC config was given
 
 
+def test_vela_compiles_the_same_bytes_again(digits_run, tmp_path):
+    from converters.ethos_u import run_vela, settings_for
+
+    report, out = digits_run
+    result = report.result("ethos-u65")
+    settings = settings_for("u65", ExportOptions(ethos_config=CONFIGS), "ethos-u65")
+    again = run_vela(out / result.artifact, tmp_path, settings, "ethos-u65")
+    kept = [out / name for name in result.metadata["vela_outputs"]]
+    assert [p.read_bytes() for p in (again.compiled, again.summary_csv, again.per_layer_csv)] == [
+        p.read_bytes() for p in kept]
+
+
 def test_defaults_are_velas_own_and_the_sram_budget_becomes_the_arena_cache():
     from ethosu.vela import architecture_features as af
 

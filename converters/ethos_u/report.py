@@ -9,6 +9,7 @@ substitute for running on an FVP or a board.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .vela import VelaOutput, vela_version
 NPU_OP = "CUSTOM:ethos-u"
 NO_REASON = "left on the CPU by Vela (it printed no reason)"
 RUNS_ON = ("the compiled _vela.tflite runs only on an Arm Corstone FVP or an Ethos-U board (its ethos-u "
-           "custom op has no kernel in LiteRT); the integer TFLite it came from is what was judged here")
+           "custom op has no kernel in LiteRT); an export judges the integer TFLite Vela was given")
 ESTIMATE = "Vela's performance estimate, not a measurement (Arm: profile on an FVP or a board for real numbers)"
 _KIB = 1024
 NO_LIMIT = 4 * 1024 ** 3  # Vela's arena cache size when a memory mode sets none (its address space)
@@ -86,14 +87,17 @@ class VelaReport:
         return misses
 
     def headline(self) -> str:
-        """One line for the report's note column."""
+        """One line for the report's note column (which shows 120 characters)."""
         kind, used = self.offchip
         return (f"NPU {self.on_npu}/{self.ops} ops, SRAM {format_size(self.sram_bytes)}, {kind} "
-                f"{format_size(used)}, {self.fps:.0f} inf/s at {self.clock_mhz:.0f} MHz (Vela est.)")
+                f"{format_size(used)}, {self.fps:.0f} inf/s at {self.clock_mhz:.0f} MHz (Vela est.); _vela.tflite needs "
+                f"FVP/board")
 
     @property
     def fps(self) -> float:
-        return float(self.summary["inferences_per_second"])
+        """Vela's inferences/s; 0 when nothing runs on the NPU (Vela then writes nan)."""
+        value = float(self.summary["inferences_per_second"])
+        return value if math.isfinite(value) else 0.0
 
     @property
     def clock_mhz(self) -> float:
@@ -143,6 +147,9 @@ class VelaReport:
                      f"{kind} {format_size(used)} (budget {format_size(st.flash_budget)})"
                      + (f"; DOES NOT FIT: {', '.join(self.budget_misses())}" if self.budget_misses() else ""))
         c = self.cycles()
+        if not c["total"]:
+            lines.append("cycles: nothing runs on the NPU, so Vela estimates no speed")
+            return "\n".join(lines + [f"note: {RUNS_ON}"])
         memory = {k: v for k, v in c.items() if k.endswith("_access") and v}
         bound = "compute-bound" if c["npu"] >= max(memory.values(), default=0) else "memory-bound"
         lines.append(f"cycles per inference: {c['total'] / 1e6:.2f} M; NPU {c['npu'] / 1e6:.2f} M, "
@@ -158,7 +165,8 @@ class VelaReport:
 
 
 def _slowest(rows: list[dict[str, Any]], keep: int = 5) -> list[dict[str, Any]]:
-    ranked = sorted((r for r in rows if isinstance(r.get("Op Cycles"), float)), key=lambda r: -r["Op Cycles"])
+    ranked = sorted((r for r in rows if r.get("Target") == "NPU" and isinstance(r.get("Op Cycles"), float)
+                     and r["Op Cycles"] > 0), key=lambda r: -r["Op Cycles"])
     return [{"op": str(r["Original Operator"]), "cycles": int(r["Op Cycles"]),
              "network_pct": round(float(r["Network% (cycles)"]), 2), "macs": int(r["MAC Count"]),
              "name": str(r["Name"])[-60:]} for r in ranked[:keep]]
