@@ -310,10 +310,14 @@ def check_command(
     strict: Annotated[bool, typer.Option("--strict", help="exit 3 when any op would leave the accelerator")] = False,
     compiler_log: Annotated[Optional[Path], typer.Option("--compiler-log", help="a vendor compiler log "
                                                          "(edgetpu_compiler -s output) to parse too")] = None,
+    platform: Annotated[Optional[str], typer.Option("--platform", help="the chip, for targets built for several "
+                                                    "(rknn: rk3588, rk3576, ...)")] = None,
     output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
 ) -> None:
-    """Check a model against an accelerator's documented op rules, op by op (EdgeTPU: any .tflite)."""
+    """Check a model against an accelerator's op rules, op by op (EdgeTPU: any .tflite; RKNN: Rockchip's toolkit)."""
     def body() -> int:
+        import contextlib
+
         from .errors import EXIT_PARITY, UsageError
         from .registry import load_target
 
@@ -323,9 +327,17 @@ def check_command(
         for path in (artifact, compiler_log):
             if path is not None and not path.is_file():
                 raise UsageError(f"{path}: no such file")
+        choices = conv.info.check_platforms
+        if platform is not None and platform not in choices:
+            raise UsageError(f"--platform {platform!r}: target {target} "
+                             + (f"builds for {', '.join(choices)}" if choices else "is built for one chip"),
+                             "pick one of those" if choices else "drop --platform")
         precheck(artifact)
-        with reading(artifact, f"model for the {target} check"):
-            result = conv.check(artifact, compiler_log=compiler_log)
+        # a vendor toolchain (a compiler run out of process) has its own timeouts and error lines
+        guard = contextlib.nullcontext() if conv.info.toolchain else reading(artifact, f"model for the {target} check")
+        with guard:
+            extra = {"platform": platform} if platform is not None else {}
+            result = conv.check(artifact, compiler_log=compiler_log, **extra)
         if result is None:
             raise UsageError(f"target {target} has no static accelerator check", "use --target edgetpu")
         if output is OutputFormat.json:
@@ -371,7 +383,10 @@ def targets_command(output: Annotated[OutputFormat, typer.Option("--output")] = 
             return 0
         width = max((len(r["target"]) for r in rows), default=6)
         for r in rows:
-            state = "installed" if r["installed"] else f"missing (pip install 'mnv4-deploy[{r['extra']}]')"
+            chains = [m.split(" ", 1)[1] for m in r.get("missing", []) if m.startswith("toolchain ")]
+            fix = (f"mnv4-deploy toolchain install {chains[0]}" if chains and len(chains) == len(r["missing"])
+                   else f"pip install 'mnv4-deploy[{r['extra']}]'")
+            state = "installed" if r["installed"] else f"missing ({fix})"
             print(f"{r['target'].ljust(width)}  {r['precision']:<5}  {state:<12}  {r['description']}")
         return 0
     _guarded(body)
@@ -593,6 +608,47 @@ def merge_eval_command(
             print(summary["table"])
             print(f"\nwrote {out}/eval/ and {out}/eval_summary.json; exit code {summary['exit_code']}")
         return summary["exit_code"]
+    _guarded(body)
+
+
+toolchain_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                            help="Vendor toolchains that run outside this environment (e.g. rknn-toolkit2).")
+app.add_typer(toolchain_app, name="toolchain")
+
+
+@toolchain_app.command("install")
+def toolchain_install_command(
+    name: Annotated[str, typer.Argument(help="toolchain name (see `mnv4-deploy toolchain status`)")],
+    force: Annotated[bool, typer.Option("--force", help="reinstall even when installed with the same pins")] = False,
+) -> None:
+    """Install a toolchain into its own venv in the cache folder ($MNV4_DEPLOY_TOOLCHAINS); says the size first."""
+    def body() -> int:
+        from .toolchains import load_toolchain
+
+        load_toolchain(name).install(log=_err, force=force)
+        return 0
+    _guarded(body)
+
+
+@toolchain_app.command("status")
+def toolchain_status_command(
+    name: Annotated[Optional[str], typer.Argument(help="one toolchain [default: all]")] = None,
+    output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
+) -> None:
+    """Where each toolchain is and whether it can run here (exit 5 when the one named cannot)."""
+    def body() -> int:
+        from .errors import EXIT_BACKEND
+        from .toolchains import find_toolchains, load_toolchain
+
+        rows = [load_toolchain(n).status() for n in ([name] if name else find_toolchains())]
+        if output is OutputFormat.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                where = row.get("python") or row.get("image") or row.get("home")
+                print(f"{row['name']:<10} {'usable' if row['usable'] else 'missing':<8} {where}"
+                      + (f"\n           {row['reason']}" if row.get("reason") else ""))
+        return EXIT_BACKEND if name and not rows[0]["usable"] else 0
     _guarded(body)
 
 

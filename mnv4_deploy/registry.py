@@ -57,15 +57,27 @@ class TargetInfo:
     options: tuple[TargetOption, ...] = ()  # the options this target honours, declared as data
     dynamic_batch: bool = False  # honours --dynamic-batch (else the core refuses it, naming this target)
     unfolded: bool = True  # honours --no-fold (builds from the unfolded canonical model)
+    toolchain: str = ""  # an out-of-venv vendor toolchain it runs (mnv4_deploy.toolchains), e.g. "rknn"
+    check_platforms: tuple[str, ...] = ()  # the chips `mnv4-deploy check --platform` may name for it
 
     def option_names(self) -> frozenset[str]:
         return frozenset(o.name for o in self.options)
 
     def missing_backends(self) -> list[str]:
+        """Backend modules not installed, and the toolchain when it is not usable (`toolchain NAME`)."""
+        missing = self._missing_modules()
+        if self.toolchain:
+            from .toolchains import toolchain_usable
+
+            missing += [] if toolchain_usable(self.toolchain) else [f"toolchain {self.toolchain}"]
+        return missing
+
+    def _missing_modules(self) -> list[str]:
         return [m for m in self.backend_modules if importlib.util.find_spec(m.split(".")[0]) is None]
 
     def require_backends(self) -> None:
-        missing = self.missing_backends()
+        """Refuse a missing backend module (a toolchain is checked by the target, which knows its path option)."""
+        missing = self._missing_modules()
         if missing:
             raise BackendMissing(f"target {self.name} needs {', '.join(missing)}, which is not installed",
                                  f"pip install 'mnv4-deploy[{self.extra}]'" if self.extra else "install it")

@@ -19,7 +19,7 @@ from .forecast import BPU_RECIPE, build_int8, forecasts, measure, readme_results
 from .march import TargetRow, get_march
 from .onnx_model import check_bundle_onnx, export_bpu_onnx
 from .readme import render_readme
-from .toolchain import run_hb_mapper
+from .toolchain import hb_mapper_command, run_hb_mapper
 from .yaml_config import hb_config_dict, render_hb_config
 
 CONFIG_FILE = "hb_mapper_config.yaml"
@@ -125,5 +125,5 @@ def build_bundle(job: ConvertJob, row: TargetRow, path: Path, opset: int,
     meta = {"march": march.name, "board": row.board, "input_type_rt": input_type_rt, "onnx": onnx_section,
             "op_check": op_check, "calibration": {k: v for k, v in calibration.items() if k != "files"},
             "forecast_on": sample.source, "int8_emulation": int8_facts, "notes": notes,
-            "toolchain": toolchain if toolchain is not None else "hb_mapper not on PATH: checker/makertbin not run"}
+            "toolchain": toolchain if toolchain is not None else hb_mapper_command()[1]}
     return meta, rows

@@ -1,54 +1,59 @@
-"""Run the vendor toolchain on a bundle when `hb_mapper` is on PATH (inside the OpenExplorer docker).
+"""Run Horizon's hb_mapper on a bundle: on PATH (inside the OpenExplorer docker), or through its image.
 
 It is never installable here, so this is optional: without it the bundle is still complete and
-the report says the BPU build was not run. With it, `checker` and `makertbin` run inside the
-bundle directory (their logs and the compiled `.bin` stay there) and their node tables are
-parsed into the report: per-node BPU/CPU placement and cosine.
+the report says, in one line, why the BPU build was not run. Where `hb_mapper` is on PATH it
+runs directly; else, where docker and the OpenExplorer image named by
+`MNV4_DEPLOY_HB_MAPPER_IMAGE` are present, it runs in a container with the bundle mounted
+(the `hb_mapper` toolchain, `mnv4_deploy.toolchains.docker`). `checker` and `makertbin` run
+inside the bundle directory (their logs and the compiled `.bin` stay there) and their node
+tables are parsed into the report: per-node BPU/CPU placement and cosine.
 """
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mnv4_deploy.errors import DeployError
+from mnv4_deploy.toolchains.docker import DockerToolchain
+from mnv4_deploy.toolchains.process import run_tool
 
 from .hb_log import parse_hb_mapper_log
 
 EXECUTABLE = "hb_mapper"
 TIMEOUT_S = 3 * 3600  # makertbin of a large model with 300 calibration images takes a while
+HB_MAPPER = DockerToolchain(
+    name="hb_mapper", description="Horizon hb_mapper (checker, makertbin) in the OpenExplorer docker image",
+    executable=EXECUTABLE, image_env="MNV4_DEPLOY_HB_MAPPER_IMAGE",
+    default_image="openexplorer/ai_toolchain_ubuntu_20_x5_cpu:v1.2.8",
+    get_image="download the OpenExplorer image for your board from D-Robotics (RDK X5: OE x5; RDK X3: OE XJ3) and "
+              "`docker load` it")
 
 
-def _run(args: Sequence[str], cwd: Path, log_name: str) -> str:
-    try:
-        done = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise DeployError(f"{' '.join(args[:2])} ran longer than {TIMEOUT_S} s",
-                          "run it by hand as the bundle README says") from None
-    text = done.stdout + done.stderr
-    log_file = cwd / log_name  # hb_mapper writes its own log there too; prefer it when present
-    if log_file.exists():
-        text = log_file.read_text(errors="replace") + "\n" + text
-    if done.returncode != 0:
-        last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
-        raise DeployError(f"{' '.join(args[:2])} failed (exit {done.returncode}): {last[:200]}",
-                          f"see {log_name} in the bundle")
-    return text
+def hb_mapper_command() -> tuple[Callable[[list[str], Path], list[str]] | None, str]:
+    """How to run hb_mapper here (a command builder and its description), or (None, why not)."""
+    exe = shutil.which(EXECUTABLE)
+    if exe is not None:
+        return (lambda args, _cwd: [exe, *args]), exe
+    reason = HB_MAPPER.unavailable()
+    if reason is None:
+        return HB_MAPPER.command, f"docker image {HB_MAPPER.image()}"
+    return None, f"hb_mapper not on PATH and {reason} (set {HB_MAPPER.image_env}): checker/makertbin not run"
 
 
 def run_hb_mapper(bundle: Path, onnx_file: str, config_file: str, march: str, input_name: str,
                   input_shape: Sequence[int], log: Callable[[str], None]) -> dict[str, Any] | None:
-    """`checker` then `makertbin` in `bundle`; None when hb_mapper is not installed here."""
-    exe = shutil.which(EXECUTABLE)
-    if exe is None:
+    """`checker` then `makertbin` in `bundle`; None when hb_mapper can run neither way here."""
+    command, where = hb_mapper_command()
+    if command is None:
         return None
     shape = "x".join(str(int(d)) for d in input_shape)
-    checker = _run([exe, "checker", "--model-type", "onnx", "--march", march, "--model", onnx_file,
-                    "--input-shape", input_name, shape], bundle, "hb_mapper_checker.log")
+    checker = run_tool(command(["checker", "--model-type", "onnx", "--march", march, "--model", onnx_file,
+                                "--input-shape", input_name, shape], bundle), bundle, "bpu (hb_mapper)",
+                       "hb_mapper checker", TIMEOUT_S, "hb_mapper_checker.log")
     checked = parse_hb_mapper_log(checker)
     log(f"hb_mapper checker: {len(checked.nodes)} nodes, {len(checked.cpu_nodes)} on the CPU")
-    built = parse_hb_mapper_log(_run([exe, "makertbin", "--config", config_file, "--model-type", "onnx"], bundle,
-                                     "hb_mapper_makertbin.log"))
+    built = parse_hb_mapper_log(run_tool(command(["makertbin", "--config", config_file, "--model-type", "onnx"],
+                                                 bundle), bundle, "bpu (hb_mapper)", "hb_mapper makertbin",
+                                         TIMEOUT_S, "hb_mapper_makertbin.log"))
     log(f"hb_mapper makertbin: output cosine {built.output_cosine or 'not reported'}")
-    return {"executable": exe, "checker": checked.to_dict(), "makertbin": built.to_dict()}
+    return {"executable": where, "checker": checked.to_dict(), "makertbin": built.to_dict()}

@@ -1,0 +1,183 @@
+"""RKNN targets: built by Rockchip's rknn-toolkit2 (its own venv, a worker process), judged in its simulator.
+
+The trained digits net goes through `rknn-int8` (the plan's QDQ, scales kept by the toolkit)
+and `rknn` (fp16) in one run: parity against float and against the plan's emulation, and the
+same accuracy bound as `onnx-int8`, all computed by Rockchip's x86 simulator. The simulator is
+Rockchip's reference for what the NPU computes, not a board. Without the toolchain installed
+(`mnv4-deploy toolchain install rknn`), the tests that need it are skipped, and the refusal is
+tested instead.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mnv4_deploy.cli import app
+from mnv4_deploy.errors import UsageError
+from mnv4_deploy.registry import ExportOptions
+from mnv4_deploy.toolchains import toolchain_usable
+
+from target_checks import check_digits_fp32_and_int8, check_rejudged_and_other_model_refused, digits_run_fixture, \
+    inspect_digits_artifact
+
+cli = CliRunner()
+needs_toolkit = pytest.mark.skipif(not toolchain_usable("rknn"),
+                                   reason="needs the rknn toolchain (mnv4-deploy toolchain install rknn)")
+FIXTURES = Path(__file__).parent / "fixtures" / "rknn"
+
+# rknn-int8 and rknn of the trained digits net in one run. Not with onnx-int8: an x86 int8 target makes the
+# run's plan use 7-bit weights where x86 u8s8 kernels could saturate (--overflow-fix auto), which the NPU does
+# not need, and which rknn-toolkit2 reproduces less exactly (docs/field-notes.md, Rockchip RKNN)
+digits_run = digits_run_fixture("rknn-int8,rknn")
+
+
+@needs_toolkit
+def test_int8_and_fp16_pass_in_the_simulator_and_int8_keeps_the_onnx_int8_bound(digits_run):
+    from test_int8_pipeline import INT8_BOUND
+
+    report, out = digits_run
+    assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
+    fp16, int8 = report.result("rknn"), report.result("rknn-int8")
+    assert fp16.parity["cosine"] > 0.9999 and fp16.accuracy["drop_top1"] <= 0.5, (fp16.parity, fp16.accuracy)
+    assert int8.accuracy["drop_top1"] <= INT8_BOUND, int8.accuracy
+    # the simulator computes what the plan's fake-quant model computes (the toolkit kept the plan's scales)
+    assert int8.emulation_parity["cosine"] > 0.99, int8.emulation_parity
+    assert "simulator (rk3588; the build that wrote the bundle's .rknn)" in int8.runtime
+    meta = int8.metadata
+    assert meta["platform"] == "rk3588" and meta["toolkit"] == "2.5.0"
+    # every layer on the NPU, in int8 but the float logits' classifier; the CPU reshapes the output
+    placed = meta["placement"]
+    assert placed["dtypes"].get("INT8", 0) > 40 and placed["dtypes"].get("FLOAT16", 0) <= 2, placed["dtypes"]
+    assert [layer["op"] for layer in placed["off_npu"]] == ["Reshape"], placed["off_npu"]
+    assert meta["reproducible"] is False and "heap addresses" in meta["reproducible_reason"]
+    # the toolkit's per-layer report runs on fp16 in the simulator; for a QDQ model it wants a board
+    assert report.result("rknn").metadata["accuracy_analysis"]["ran"]
+    assert "simulator_error" in report.result("rknn").metadata["accuracy_analysis"]["report"]
+    assert not meta["accuracy_analysis"]["ran"] and "need set 'target'" in meta["accuracy_analysis"]["reason"]
+
+
+@needs_toolkit
+def test_the_bundle_holds_the_rknn_its_onnx_manifest_readme_and_sums(digits_run, trained_digits):
+    import hashlib
+
+    _, out = digits_run
+    bundle = out / "digits.int8.rknn-bundle"
+    names = sorted(p.name for p in bundle.iterdir())
+    assert names == ["README.md", "SHA256SUMS", "digits.onnx", "digits.rknn", "manifest.json"]
+    for line in (bundle / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["config"]["mean_values"] == [127.5, 127.5, 127.5]  # the contract's mean = std = 0.5
+    assert manifest["config"]["std_values"] == [127.5, 127.5, 127.5]
+    assert manifest["onnx"]["plan_sha256"] and not manifest["full_integer"]
+    readme = (bundle / "README.md").read_text()
+    assert "rknnlite.api" in readme and "not a measurement on a board" in readme
+    meta = inspect_digits_artifact(bundle, "rknn-int8", "rknn")
+    assert meta["preprocess"]["std"] == list(trained_digits.contract.std) and meta["int8_plan_sha256"]
+
+
+@needs_toolkit
+def test_validate_rebuilds_from_the_bundle_onnx_and_names_another_model(digits_run, trained_digits):
+    _, out = digits_run
+    again = check_rejudged_and_other_model_refused(out / "digits.rknn-bundle", "rknn", out / "digits.int8.rknn-bundle",
+                                                   trained_digits)
+    assert "rebuilt from the bundle's ONNX" in again.results[0].runtime
+
+
+@needs_toolkit
+def test_rv1106_gets_the_full_integer_plan_and_fp16_is_refused(trained_digits, digit_folders, tmp_path):
+    from target_checks import export_digits
+
+    report = export_digits(trained_digits, digit_folders, "rknn-int8", tmp_path / "rv",
+                           options=ExportOptions(rknn_platform="rv1106"), eval_size=60)
+    result = report.result("rknn-int8")
+    assert result.status == "passed", (result.reason, result.failures)
+    assert result.metadata["full_integer"] and result.metadata["platform"] == "rv1106"
+    assert "FLOAT16" not in result.metadata["placement"]["dtypes"], result.metadata["placement"]["dtypes"]
+    assert result.emulation_parity["cosine"] > 0.99
+    from converters.rknn import RKNN_FP16
+
+    with pytest.raises(UsageError, match="rv1106 has no float16 unit"):
+        RKNN_FP16.check_options(ExportOptions(rknn_platform="rv1106"))
+
+
+@needs_toolkit
+def test_check_runs_the_toolkit_on_any_onnx_and_names_cpu_layers(digits_run, tmp_path):
+    _, out = digits_run
+    onnx_file = out / "digits.int8.rknn-bundle" / "digits.onnx"  # the plan's QDQ ONNX
+    result = cli.invoke(app, ["check", str(onnx_file), "--target", "rknn-int8", "--platform", "rk3576",
+                              "--output", "json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["platform"] == "rk3576" and facts["placement"]["layers"] > 40 and facts["fully_mapped"]
+    on_3588 = cli.invoke(app, ["check", str(onnx_file), "--target", "rknn-int8"])  # the default platform
+    assert on_3588.exit_code == 0 and "CPU: Reshape (FLOAT16)" in on_3588.stdout, on_3588.output  # as exported
+    strict = cli.invoke(app, ["check", str(onnx_file), "--target", "rknn-int8", "--strict"])
+    assert strict.exit_code == 3
+    bad = cli.invoke(app, ["check", str(onnx_file), "--target", "rknn", "--platform", "rk9999"])
+    assert bad.exit_code == 2 and "builds for rk3588, rk3576" in bad.stderr
+    other = cli.invoke(app, ["check", str(onnx_file), "--target", "edgetpu", "--platform", "rk3588"])
+    assert other.exit_code == 2 and "drop --platform" in other.stderr
+
+
+@needs_toolkit
+def test_a_board_is_reached_through_init_runtime_and_its_absence_is_one_line(digits_run, monkeypatch):
+    """No board is connected here: the on-device path runs up to adb and says so in one line."""
+    from converters.rknn import DEVICE_ENV, RKNN_INT8
+    from mnv4_deploy.errors import DeployError
+    from mnv4_deploy.registry import Artifact
+
+    _, out = digits_run
+    monkeypatch.setenv(DEVICE_ENV, "no-such-board")
+    with pytest.raises(DeployError) as caught:
+        RKNN_INT8.runner(Artifact("rknn-int8", out / "digits.int8.rknn-bundle", "int8"))
+    line = caught.value.one_line()
+    assert "rknn-int8 (rknn-toolkit2 worker): open_runtime failed" in line and "\n" not in line
+    assert "init_runtime(target='rk3588', device_id='no-such-board')" in line
+
+
+def test_without_the_toolchain_the_targets_are_refused_naming_the_install(monkeypatch, tmp_path):
+    from mnv4_deploy.pipeline import resolve_converters
+
+    monkeypatch.setenv("MNV4_DEPLOY_TOOLCHAINS", str(tmp_path))
+    monkeypatch.delenv("MNV4_DEPLOY_RKNN_PYTHON", raising=False)
+    with pytest.raises(Exception) as caught:
+        resolve_converters("rknn-int8", ExportOptions())
+    assert caught.value.exit_code == 5
+    assert "mnv4-deploy toolchain install rknn" in caught.value.one_line() and "--rknn-python" in caught.value.one_line()
+    result = cli.invoke(app, ["export", "-m", "conv_small", "--to", "rknn", "--img-size", "32", "--out",
+                              str(tmp_path / "out")])
+    assert result.exit_code == 5 and "not installed" in result.stderr
+    assert not (tmp_path / "out" / "conv_small.rknn-bundle").exists()
+
+
+def test_the_layer_table_names_every_cpu_fallback():
+    """The toolkit's table as it printed it for hybrid_medium in fp16: its attention runs as exSDPAttention
+    on the NPU; the key/value head broadcast (Expand) falls back to the CPU."""
+    from converters.rknn.layers import placement, placement_table
+
+    rows = (FIXTURES / "hybrid_medium_fp16_layers.txt").read_text().splitlines()
+    facts = placement(rows)
+    assert facts["by_op"]["exSDPAttention"] == {"NPU": 8}
+    assert facts["by_op"]["Expand"] == {"CPU": 16} and len(facts["off_npu"]) == 16
+    assert not facts["fully_on_npu"] and facts["layers"] == facts["on_npu"] + 16
+    table = placement_table(facts, "hybrid_medium")
+    assert table.splitlines()[1].startswith("  CPU: Expand (FLOAT16) Expand:/blocks/blocks.2/blocks.2.4/attn/")
+
+
+def test_the_toolkit_config_undoes_the_contract_normalization():
+    """mean_values/std_values in pixel units: the model's first step is the contract's normalization."""
+    from converters.rknn.run import to_pixels, toolkit_config
+    from mnv4_deploy.preprocess import Preprocess
+
+    contract = Preprocess(crop_size=(8, 8), resize_short=8)  # ImageNet mean and std
+    config = toolkit_config(contract, "rk3588")
+    assert config["mean"] == [123.675, 116.28, 103.53] and config["std"] == [58.395, 57.12, 57.375]
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(to_pixels(contract.normalize(pixels), config["mean"], config["std"]), pixels,
+                               atol=1e-3)
