@@ -58,9 +58,13 @@ FAST_PAIRS = {("timm:tf_mobilenetv3_small_100", "tflite-int8")}  # SAME padding 
 REFUSED: dict[tuple[str, str], str] = {}
 # (model, target) -> why it fails today after conversion work (not a refusal up front); strict
 # xfail, so the day it passes the matrix says so and the line goes
-KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("hybrid_medium", "rknn-int8"): "rknn-toolkit2 2.5.0's compiler segfaults on the int8 attention (softmax x V "
+                                    "MatMul with an int8 output, V reshaped 3-D -> 4-D); fp16 builds",
+}
 # targets whose artifact is also judged against the run's int8 plan emulation
-PLAN_TARGETS = {"onnx-int8", "tflite-int8", "edgetpu", "coreml-int8", "ethos-u55", "ethos-u65", "ethos-u85"}
+PLAN_TARGETS = {"onnx-int8", "tflite-int8", "edgetpu", "coreml-int8", "ethos-u55", "ethos-u65", "ethos-u85",
+                "rknn-int8"}
 
 
 def family(name: str) -> Family:
@@ -136,6 +140,9 @@ def test_every_family_line_names_a_resolvable_model():
 
 @pytest.mark.parametrize("model,target", _cases())
 def test_family_target(matrix, model, target):
+    missing = load_target(target).info.missing_backends()
+    if missing:  # e.g. a vendor toolchain not installed here (`mnv4-deploy toolchain install rknn`)
+        pytest.skip(f"{target}: {', '.join(missing)} not installed")
     result = matrix.result(model, target)
     refusal = REFUSED.get((model, target))
     if refusal is not None:
@@ -162,6 +169,9 @@ def check_passed(result: Any, target: str, on_plan_grid: bool = True) -> None:
         vela = result.metadata["vela"]
         assert vela["counts"]["ops"] >= vela["counts"]["on_npu"] > 0 and vela["inferences_per_second"] > 0
         assert vela["fully_mapped"] or all(op["reasons"] for op in vela["cpu_ops"])
+    if target.startswith("rknn"):  # where each layer runs, from the toolkit's own table
+        placed = result.metadata["placement"]
+        assert placed["layers"] >= placed["on_npu"] > 0 and all(p["target"] != "NPU" for p in placed["off_npu"])
     if target.startswith("bpu-"):  # the march's op check and the board's int8 forecast are reported
         meta = result.metadata
         assert meta["op_check"]["ok"] or meta["op_check"]["off_bpu"]
