@@ -20,6 +20,7 @@ from .attention import decompose_multihead_attention
 from .module_pairs import trace_pairs
 from .same_padding import PadStats, canonicalize_padding
 from .same_padding import describe as describe_padding
+from .spellings import make_explicit
 from .validate import ParityMetrics, compare
 
 
@@ -49,6 +50,7 @@ class FoldStats:
     norms_left: list[str] = field(default_factory=list)
     fused_attention_disabled: int = 0
     multihead_attention_decomposed: int = 0
+    spellings: dict[str, Any] = field(default_factory=dict)  # spellings.make_explicit: calls made explicit
     padding: PadStats = field(default_factory=PadStats)
     verification: ParityMetrics | None = None
 
@@ -66,6 +68,7 @@ class FoldStats:
             "norms_left": self.norms_left,
             "fused_attention_disabled": self.fused_attention_disabled,
             "multihead_attention_decomposed": self.multihead_attention_decomposed,
+            "spellings_made_explicit": self.spellings,
             "pads_rewritten": self.pads_rewritten,
             "padding": describe_padding(self.padding),
             "verification": self.verification.to_dict() if self.verification else None,
@@ -181,7 +184,7 @@ def canonicalize(model: nn.Module, example: torch.Tensor, fold: bool = True) -> 
     canonical, stats.padding = canonicalize_padding(canonical, example)
     if not fold:
         stats.norms_left = [n for n, m in canonical.named_modules() if _is_norm(m)]
-        return canonical, stats
+        return _explicit(canonical, example, stats)
     named = dict(canonical.named_modules())
     for conv_name, bn_name in trace_pairs(canonical, example, _is_conv, _is_norm):
         bn = named[bn_name]
@@ -197,6 +200,12 @@ def canonicalize(model: nn.Module, example: torch.Tensor, fold: bool = True) -> 
         _replace(canonical, ls_name, nn.Identity())
         stats.layer_scales_folded += 1
     stats.norms_left = [n for n, m in canonical.named_modules() if _is_norm(m)]
+    return _explicit(canonical, example, stats)
+
+
+def _explicit(canonical: nn.Module, example: torch.Tensor, stats: FoldStats) -> tuple[nn.Module, FoldStats]:
+    """Last step: einsum, fused attention and off-axis softmax calls in plain ops (spellings.py)."""
+    canonical, stats.spellings = make_explicit(canonical, example, leaves=(ChannelAffine,))
     return canonical, stats
 
 

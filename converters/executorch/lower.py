@@ -106,6 +106,7 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
 
     from .attention_ops import rewrite_attention_ops
     from .hardsigmoid import spell_hardsigmoid_with_float_constants
+    from .reductions import spell_means_with_keepdim
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -118,6 +119,7 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
         attention = rewrite_attention_ops(exported.graph_module)
         if prepare is not None:
             prepare(exported.graph_module)
+        means = spell_means_with_keepdim(exported.graph_module)  # after prepare: its quantize pairs are final
         with _capture_reasons() as why:
             try:
                 edge = to_edge_transform_and_lower(
@@ -132,4 +134,5 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
     path.write_bytes(program.buffer)
     return {"route": "torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch",
             "delegation": report, "metadata_method": METADATA_METHOD,
-            "hardsigmoid_float_constants": hardsigmoids, "attention_rewrites": attention}
+            "hardsigmoid_float_constants": hardsigmoids, "attention_rewrites": attention,
+            "means_with_keepdim": means}

@@ -11,6 +11,7 @@ from typing import Any
 from mnv4_deploy.errors import DeployError
 
 from .common import check_layout, quiet_progress
+from .matmul_order import convertible_module
 
 
 def export_float_tflite(model: Any, example: Any, path: Path, layout: str) -> dict[str, Any]:
@@ -19,17 +20,21 @@ def export_float_tflite(model: Any, example: Any, path: Path, layout: str) -> di
     import torch
 
     check_layout(layout)
+    started = time.perf_counter()
     module, sample = model, example.contiguous()
     if layout == "nhwc":
         module = litert_torch.to_channel_last_io(model, args=[0]).eval()
         sample = sample.permute(0, 2, 3, 1).contiguous()
-    started = time.perf_counter()
+    module, reordered = convertible_module(module, sample)
     with quiet_progress(), torch.no_grad():
         edge_model = litert_torch.convert(module, (sample,), strict_export=True)
         edge_model.export(str(path))
-    return {"route": "litert_torch.convert(strict_export=True)"
-                     + (" + to_channel_last_io(args=[0])" if layout == "nhwc" else ""),
-            "seconds_float_convert": round(time.perf_counter() - started, 3)}
+    facts = {"route": "litert_torch.convert(strict_export=True)"
+                      + (" + to_channel_last_io(args=[0])" if layout == "nhwc" else ""),
+             "seconds_float_convert": round(time.perf_counter() - started, 3)}
+    if reordered:  # A.mT @ B.mT written as (B @ A).mT (matmul_order.py)
+        facts["matmuls_reordered"] = len(reordered)
+    return facts
 
 
 def fp16_recipe() -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ ai-edge-quantizer takes activation ranges as a calibration result keyed by TFLit
 To make it express OUR plan (not recompute ranges), every float tensor of the converted plan
 model is matched to the plan point whose PyTorch value it holds: both models run on the same
 calibration image and a tensor matches the point with the same values (up to layout: NCHW
-activations become NHWC inside TFLite; other tensors keep their shape or are reshaped). The
+activations become NHWC inside TFLite; other tensors keep their shape, are reshaped, or have
+their last two dims swapped where the converter moved a transpose). The
 matched tensors get the plan grid's exact [lo, hi], which the quantizer's MIN_MAX algorithm
 turns back into the very same scale and zero point. Tensors with no plan point (explicit PAD
 before a stride-2 conv, ...) keep the quantizer's own calibration; the facts say how many.
@@ -88,6 +89,8 @@ def _candidates(value: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
     if value.ndim == 4:
         out.append(value.transpose(0, 2, 3, 1))
     out.append(value)
+    if value.ndim >= 3:  # the converter moved a transpose of the last two dims past it (matmul_order.py)
+        out.append(np.swapaxes(value, -1, -2))
     return [c if c.shape == shape else c.reshape(shape) for c in out if c.size == int(np.prod(shape))]
 
 

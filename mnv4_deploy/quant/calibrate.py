@@ -7,11 +7,14 @@ reshape) take their source's grid.
 The model's outputs are never clipped: an estimator trades rare large values for
 resolution, but the rare large logit is the one that wins the arg-max.
 
-A sigmoid's output (squeeze-excite gates) is not calibrated: it gets the fixed grid
-[0, 1) with scale 2^-bits and the zero point at the container's minimum, the one TFLite's
-int8 LOGISTIC kernel requires (scale 1/256, zero point -128). A calibrated grid there is
-rewritten by the TFLite converter, so EdgeTPU/TFLite would compute something the plan does
-not; with the fixed grid every int8 target computes the same gate as the emulation.
+A sigmoid's output (squeeze-excite gates) and a softmax's (attention weights) are not
+calibrated: they get the fixed grid [0, 1) with scale 2^-bits and the zero point at the
+container's minimum, the one TFLite's int8 LOGISTIC and SOFTMAX kernels require (scale 1/256,
+zero point -128). A calibrated grid there is rewritten by the TFLite converter, so
+EdgeTPU/TFLite would compute something the plan does not (a random-init pixel-token attention
+of the spelling zoo: tflite-int8 at cosine 0.977 against a calibrated-softmax plan, 0.998 against
+the fixed grid, which onnx-int8 also reaches); with the fixed grid every int8 target computes
+the same weights as the emulation.
 """
 from __future__ import annotations
 
@@ -53,11 +56,12 @@ def output_points(qg: QuantGraph) -> set[str]:
     return found
 
 
-FIXED_UNIT_RANGE_OPS = frozenset({"Sigmoid", "sigmoid"})  # unit.op of a sigmoid (module, function, method)
+# unit.op of a sigmoid or softmax (module, function, method)
+FIXED_UNIT_RANGE_OPS = frozenset({"Sigmoid", "sigmoid", "Softmax", "softmax"})
 
 
 def unit_range_grid(bits: int, dtype: str) -> QParams:
-    """[0, 1 - 2^-bits] on 2^bits steps of 2^-bits: a sigmoid's output grid."""
+    """[0, 1 - 2^-bits] on 2^bits steps of 2^-bits: a sigmoid's or softmax's output grid."""
     qmax = (1 << bits) - 1
     return QParams(f32(2.0 ** -bits), 0, 0, qmax).as_dtype(dtype)
 

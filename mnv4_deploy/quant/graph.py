@@ -100,11 +100,16 @@ class _Tracer(fx.Tracer):
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace the canonical model at the granularity quantization needs."""
+    tracer = _Tracer()
     try:
-        graph = _Tracer().trace(model)
+        graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types for untraceable Python
-        raise UsageError(f"cannot trace {type(model).__name__} for quantization: {type(exc).__name__}: {exc}",
-                         "quantization needs a model torch.fx can trace (canonical timm MNv4 is)") from None
+        path, kind = next(reversed(tracer.module_stack.values())) if tracer.module_stack else ("", None)
+        layer = f" in layer {path} ({getattr(kind, '__name__', kind)})" if path else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UsageError(f"cannot trace {type(model).__name__} for quantization{layer}: {type(exc).__name__}: {first}",
+                         "quantization needs a model torch.fx can trace: no Python iteration or branching on "
+                         "tensor values or shapes (unpack `b, c, h, w = x.shape` instead of `*x.shape[2:]`)") from None
     return fx.GraphModule(model, graph)
 
 
