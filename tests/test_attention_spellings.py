@@ -160,3 +160,35 @@ def test_a_model_fx_cannot_trace_is_refused_for_int8_naming_the_layer():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(nn.ReLU(), Unpacking())).eval()
     with pytest.raises(UsageError, match=r"in layer 1\.1 \(Unpacking\): TraceError"):
         build_plan(model, np.zeros((1, 3, 8, 8), np.float32), log=lambda _: None)
+
+
+# ---- the TFLite lowering: the reorder it needs, and what it says when LiteRT refuses an op ----
+
+
+def test_transposed_matmuls_are_reordered_with_the_same_function():
+    from converters.tflite.matmul_order import reorder_transposed_matmuls
+
+    model, x = zoo.build("at-transposed", "alone"), torch.randn(1, 3, 16, 16)
+    gm = torch.export.export(model, (x,), strict=False).module()
+    assert len(reorder_transposed_matmuls(gm)) == 1  # pixels @ k(z).transpose(1, 2) only
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
+    flattened = torch.export.export(zoo.build("at-flattened", "alone"), (x,), strict=False).module()
+    assert reorder_transposed_matmuls(flattened) == []  # one operand plain: LiteRT keeps a BATCH_MATMUL
+
+
+def test_an_op_litert_cannot_prepare_is_named_with_the_target_and_our_layer(tmp_path, monkeypatch):
+    """Without the reorder, LiteRT's FULLY_CONNECTED check fails after conversion; the error names the
+    target, the op and the bridge's module path, with LiteRT's text as detail."""
+    pytest.importorskip("litert_torch")
+    import converters.tflite.convert as convert
+    from mnv4_deploy.errors import DeployError
+
+    monkeypatch.setattr(convert, "convertible_module", lambda model, example: (model, []))
+    model = zoo.build("at-transposed", "alone")
+    with pytest.raises(DeployError) as err:
+        convert.export_float_tflite(model, torch.randn(1, 3, 16, 16), tmp_path / "m.tflite", "nhwc", "tflite")
+    message = err.value.one_line()
+    assert "\n" not in message
+    assert message.startswith("target tflite: LiteRT cannot prepare op #") and "FULLY_CONNECTED of layer 1 " in message
+    assert "fully_connected.cc" in message and "!= cols (256 != 8)" in message  # LiteRT's own text as detail

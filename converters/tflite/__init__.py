@@ -55,14 +55,14 @@ class TfliteConverter(TfliteArtifacts):
             return Path(up.path), {"route": up.metadata.get("route", "litert_torch.convert"),
                                    "float_source": f"this run's {up.target} artifact {Path(up.path).name}"}
         source = job.workdir / f"{job.stem}.float.tflite"
-        meta = export_float_tflite(job.model, job.example, source, job.options.layout)
+        meta = export_float_tflite(job.model, job.example, source, job.options.layout, self.info.name)
         return source, {**meta, "float_source": "converted for this target"}
 
     def convert(self, job: ConvertJob) -> Artifact:
         check_layout(job.options.layout)
         path = job.workdir / f"{job.stem}{self.info.suffix}"
         if self.kind == "fp32":
-            meta = export_float_tflite(job.model, job.example, path, job.options.layout)
+            meta = export_float_tflite(job.model, job.example, path, job.options.layout, self.info.name)
         else:
             source, meta = self._float_source(job)
             meta["float_bytes"] = source.stat().st_size

@@ -11,11 +11,15 @@ from typing import Any
 from mnv4_deploy.errors import DeployError
 
 from .common import check_layout, quiet_progress
+from .failures import check_prepares
 from .matmul_order import convertible_module
 
 
-def export_float_tflite(model: Any, example: Any, path: Path, layout: str) -> dict[str, Any]:
-    """Convert `model` (NCHW in PyTorch) to a float32 .tflite with the requested input layout."""
+def export_float_tflite(model: Any, example: Any, path: Path, layout: str, target: str = "tflite") -> dict[str, Any]:
+    """Convert `model` (NCHW in PyTorch) to a float32 .tflite with the requested input layout.
+
+    An op LiteRT then cannot prepare is reported for `target` with the layer of `model` it came from.
+    """
     import litert_torch
     import torch
 
@@ -29,6 +33,7 @@ def export_float_tflite(model: Any, example: Any, path: Path, layout: str) -> di
     with quiet_progress(), torch.no_grad():
         edge_model = litert_torch.convert(module, (sample,), strict_export=True)
         edge_model.export(str(path))
+    check_prepares(path, model, target)
     facts = {"route": "litert_torch.convert(strict_export=True)"
                       + (" + to_channel_last_io(args=[0])" if layout == "nhwc" else ""),
              "seconds_float_convert": round(time.perf_counter() - started, 3)}

@@ -75,14 +75,14 @@ def float_ops(path: Path) -> list[str]:
 
 
 def build_full_integer(plan: Any, calib: np.ndarray, example: Any, path: Path, layout: str, io_dtype: str,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+                       log: Callable[[str], None] = print, target: str = "tflite-int8") -> dict[str, Any]:
     """Write the full-integer .tflite of `plan` to `path`; return facts for the artifact metadata."""
     from ai_edge_quantizer import quantizer, recipe
 
     started = time.perf_counter()
     torch_values = capture_point_values(plan, calib[:1])  # before litert work slows PyTorch down
     float_path = path.with_name(path.stem + ".plan-float.tflite")
-    facts = export_float_tflite(plan.model, example, float_path, layout)
+    facts = export_float_tflite(plan.model, example, float_path, layout, target)
     match = match_tensors(float_tensor_values(float_path, calib[:1], layout), torch_values)
     static = recipe.static_wi8_ai8()
     ranges = plan.activation_ranges

@@ -65,7 +65,8 @@ def nhwc_full_integer(job: ConvertJob, plan: "QuantPlan", path: Path, io_dtype: 
     if key not in job.run_cache:
         from .full_integer import build_full_integer
 
-        meta = build_full_integer(plan, job.calibration.tensors, job.example, path, "nhwc", "int8", job.log)
+        meta = build_full_integer(plan, job.calibration.tensors, job.example, path, "nhwc", "int8", job.log,
+                                  target="tflite-int8 (the accelerator targets' full-integer model)")
         job.run_cache[key] = (path.read_bytes(), meta)
     model, meta = job.run_cache[key]
     path.write_bytes(model)
@@ -89,7 +90,7 @@ class TfliteInt8Converter(TfliteArtifacts):
         plan = require_plan(job, self.info.name)
         path = job.workdir / f"{job.stem}{self.info.suffix}"
         meta = build_full_integer(plan, job.calibration.tensors, job.example, path, job.options.layout,
-                                  job.options.io_dtype, job.log)
+                                  job.options.io_dtype, job.log, target=self.info.name)
         meta.update(embed_contract(path, job, self.info, job.options.layout))
         meta.update(REPRODUCIBLE)
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan.emulation())
