@@ -27,10 +27,11 @@ from mnv4_deploy.registry import Artifact, ConvertJob, Converter, ExportOptions,
 from .platforms import DEFAULT, PLATFORMS, get_platform
 
 DEVICE_ENV = "MNV4_DEPLOY_RKNN_DEVICE"
-PLATFORM = TargetOption("rknn_platform", str, DEFAULT, "Rockchip NPU the model is built for", panel="Rockchip",
+PLATFORM = TargetOption("rknn_platform", str, DEFAULT, f"Rockchip NPU the model is built for: {', '.join(PLATFORMS)}",
+                        panel="Rockchip",
                         choices=tuple(PLATFORMS))
-PYTHON = TargetOption("rknn_python", str, None, "a Python (or venv folder) with rknn-toolkit2 [default: the "
-                      "installed toolchain, `mnv4-deploy toolchain install rknn`]", panel="Rockchip")
+PYTHON = TargetOption("rknn_python", str, None, "a Python (or venv folder) with rknn-toolkit2 (default: the "
+                      "toolchain that `mnv4-deploy toolchain install rknn` installs)", panel="Rockchip")
 DEVICE = TargetOption("rknn_device", str, None, f"adb id of a board: judge there, not in the simulator (validate: "
                       f"{DEVICE_ENV})", panel="Rockchip")
 # declared alike by the EdgeTPU and BPU targets (the registry checks the declarations agree)
