@@ -109,11 +109,20 @@ def convert(conv: "RknnConverter", job: ConvertJob) -> Artifact:
     meta = {"platform": platform.name, "toolkit": built["toolkit"], "full_integer": full_integer,
             "onnx": manifest["onnx"], "rknn": manifest["rknn"], "placement": placed, "placement_table": table,
             "accuracy_analysis": _analysis_summary(analysis), "toolkit_warnings": built["warnings"],
-            "rknn_device": device, "reproducible": False, "reproducible_reason": NOT_REPRODUCIBLE}
+            "rknn_device": device, "reproducible": False, "reproducible_reason": NOT_REPRODUCIBLE,
+            "notes": [_where_judged(platform.name, device, placed)]}
     emulation = None
     if conv.int8:
         emulation = (job.plan.with_quantized_output() if full_integer else job.plan).emulation()
     return Artifact(conv.info.name, path, conv.info.precision, meta, emulation=emulation)
+
+
+def _where_judged(platform: str, device: str | None, placed: dict[str, Any]) -> str:
+    """The report's note: where the figures come from, and the CPU fallbacks."""
+    where = f"judged on a {platform} board (adb {device})" if device else \
+        f"judged in Rockchip's x86 simulator ({platform}), not on a board"
+    off = placed["off_npu"]
+    return where + (f"; {len(off)} layer(s) on the CPU" if off else "; every layer on the NPU")
 
 
 def _analysis_summary(analysis: dict[str, Any]) -> dict[str, Any]:
