@@ -111,6 +111,30 @@ def test_a_hanging_call_is_stopped_at_its_timeout(handler, tmp_path):
         os.kill(pid, 0)
 
 
+def test_a_worker_ends_when_its_host_dies_mid_call(handler, tmp_path):
+    """A host killed during a long vendor call leaves no worker computing on (it would read stdin's end only later)."""
+    import subprocess
+    import time
+
+    host = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from mnv4_deploy.toolchains.session import WorkerSession; "
+        f"s = WorkerSession(Path(sys.executable), Path({str(handler)!r}), 'host', Path({str(tmp_path / 'w.log')!r})); "
+        "print(s.proc.pid, flush=True); s.call('hang', timeout=120)")], stdout=subprocess.PIPE, text=True)
+    worker = int(host.stdout.readline())
+    time.sleep(1)
+    host.kill()
+    host.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.kill(worker, 9)
+    pytest.fail("the worker outlived its host by 20 s")
+
+
 def test_a_worker_that_cannot_import_its_vendor_module_fails_at_start(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import not_a_vendor_module_here\n")

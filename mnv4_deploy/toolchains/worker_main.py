@@ -16,7 +16,7 @@ Protocol 1, one JSON object per line:
   or {"protocol": 1, "id": N, "ok": false, "error": ONE_LINE, "kind": "usage"|"failure"}.
 The control lines go to the original stdout; everything else the vendor code prints (stdout
 and stderr) goes to stderr, which the host writes to the toolchain log. End of stdin ends the
-worker.
+worker between calls; the host's death ends it at any time.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import importlib.util
 import json
 import os
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -45,8 +47,21 @@ def _load_handler(path: str):
     return module
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the host process is gone (killed mid-call, the worker would otherwise finish
+    a vendor computation of an hour for nobody: end-of-file on stdin is only read between calls)."""
+    def watch() -> None:
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> int:
     handler_path, exchange = sys.argv[1], Path(sys.argv[2])
+    _exit_with_parent(os.getppid())
     control = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the vendor prints goes to the log, never into the control channel
     sys.stdout = sys.stderr
