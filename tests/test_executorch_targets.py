@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from mnv4_deploy.cli import app
 from mnv4_deploy.errors import DeployError, UsageError
 
+from rounding_ties import assert_codes_equal_but_ties, assert_same_model_but_ties, point_inputs
 from target_checks import check_digits_fp32_and_int8, check_missing_backend_names_the_extra, \
     check_rejudged_and_other_model_refused, digits_run_fixture, inspect_digits_artifact
 
@@ -202,16 +203,22 @@ def test_program_bytes_are_reproducible(tmp_path):
     assert (tmp_path / "a.pte").read_bytes() == (tmp_path / "b.pte").read_bytes()
 
 
-def test_plan_module_computes_the_plan_exactly(digits_plans, one_torch_thread):
-    """The quantized_decomposed spelling changes no number of the plan's fake-quant model."""
+def test_plan_module_computes_the_plan_but_rounding_ties(digits_plans, one_torch_thread):
+    """The quantized_decomposed spelling keeps the plan's integers: codes equal at every quantizer except
+    at rounding ties, the model the same up to them (tests/rounding_ties.py: two kernel paths)."""
     import torch
 
     from converters.executorch.plan_module import plan_module
+    from mnv4_deploy.quant.decomposed import DecomposedQDQOps
+    from mnv4_deploy.quant.modules import QuantOps
 
     plan = digits_plans.plan().with_quantized_output()
     x = torch.from_numpy(digits_plans.net.x_heldout[:16])
     with torch.no_grad():
-        np.testing.assert_array_equal(plan_module(plan)(x).numpy(), plan.fake_quant_model()(x).numpy())
+        assert_same_model_but_ties(plan_module(plan)(x).numpy(), plan.fake_quant_model()(x).numpy())
+    points = point_inputs(plan.fake_quant_model(), x)
+    assert len(points) > 5
+    assert_codes_equal_but_ties(points, QuantOps().fake_quant, DecomposedQDQOps(int8_container=True).fake_quant)
 
 
 def test_int8_without_calibration_or_with_float_layers_is_refused(digits_plans):
