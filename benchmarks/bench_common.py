@@ -17,17 +17,21 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
 
 
 def cpu_facts() -> dict[str, Any]:
-    """CPU model and the ISA flags that decide int8 speed (from /proc/cpuinfo, as lscpu shows them)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "machine": platform.machine(), "isa_flags": {f: f in flags for f in ISA_FLAGS}}
+    """The host's CPU as every report names it (`mnv4_deploy.host`: model, int8 class, the int8-relevant
+    features, any ISA cap set), plus each of ISA_FLAGS as true/false (as lscpu shows them)."""
+    from mnv4_deploy.host import cpu_description
+
+    described = cpu_description()
+    present = set(described["int8_features"])
+    return {"cpu": described["model_name"] or platform.processor() or platform.machine(), **described,
+            "isa_flags": {f: f in present for f in ISA_FLAGS}}
+
+
+def cpu_line(facts: dict[str, Any]) -> str:
+    """One Markdown-ready line: model, the int8 class the rows were measured on, and the features."""
+    from mnv4_deploy.host import one_line
+
+    return one_line(facts)
 
 
 def calibration_folder(tmp: Path, label: str | None = None) -> tuple[Path, str]:

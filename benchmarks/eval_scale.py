@@ -371,7 +371,10 @@ def cpu_flags() -> dict:
     flags = fields.get("Flags", "").split()
     simd = [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                                       "amx_tile", "amx_int8", "amx_bf16")]
-    return {"model_name": fields.get("Model name", "").strip(), "simd": simd, "flags": flags}
+    from mnv4_deploy.host import cpu_description
+
+    return {"model_name": fields.get("Model name", "").strip(), "simd": simd, "flags": flags,
+            "int8_class": cpu_description()["int8_class"]}
 
 
 def _row_line(r: dict) -> str:

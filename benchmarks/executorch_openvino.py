@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench_common import RESULTS, calibration_folder, cpu_facts, interleaved_latency
+from bench_common import RESULTS, calibration_folder, cpu_facts, cpu_line, interleaved_latency
 
 PAIRS = {"executorch": ("executorch", "executorch-int8"), "openvino": ("openvino", "openvino-int8"),
          "onnxruntime": ("onnx", "onnx-int8"), "litert": ("tflite", "tflite-int8")}
@@ -125,9 +125,8 @@ def time_model(artifacts: dict[str, Any], runs: int, load: list[float]) -> dict[
 
 
 def _markdown(result: dict) -> str:
-    flags = ", ".join(f for f, on in result["host"]["isa_flags"].items() if on)
     lines = [f"# fp32 vs int8 latency in four runtimes ({result['size']} px, batch 1, {THREADS} threads)", "",
-             f"Host: {result['host']['cpu']} ({flags}); {result['runs']} interleaved runs per pair, each runtime in "
+             f"Measured on: {cpu_line(result['host'])}; {result['runs']} interleaved runs per pair, each runtime in "
              f"its own process; calibration: {result['calibration']} ({result['calib_size']} images); random-init "
              "weights (latency and parity only, no accuracy meaning).", "",
              "| model | runtime | target | size MB | cosine vs float | cosine vs plan | min ms | p10 ms | median ms | "

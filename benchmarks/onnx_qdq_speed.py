@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_common import cpu_facts, cpu_line
 from mnv4_deploy.canonicalize import canonicalize
 from mnv4_deploy.data import synthetic_batch
 from mnv4_deploy.models import build, contract_for, recalibrate_batchnorm, resolve
@@ -96,19 +97,15 @@ def main() -> None:
                      "speedup_p10": round(float(np.percentile(fp32, 10) / np.percentile(t, 10)), 3),
                      "speedup_median": round(float(np.median(fp32) / np.median(t)), 3),
                      "int8_over_fp32_median": round(float(np.median(t) / np.median(fp32)), 3)})
-    cpu_flags = ""
-    try:
-        cpu_flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
+    host = cpu_facts()
     result = {"model": spec.timm_name, "size": args.size, "threads": args.threads, "batch": 1, "runs": args.runs,
-              "machine": platform.machine(), "avx512_vnni": "avx512_vnni" in cpu_flags,
-              "avx2": "avx2" in cpu_flags, "onnxruntime_ops": ops, "rows": rows}
+              "machine": platform.machine(), "avx512_vnni": host["isa_flags"]["avx512_vnni"],
+              "avx2": host["isa_flags"]["avx2"], "host": host, "onnxruntime_ops": ops, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"onnx_qdq_speed_{args.model}_{args.size}_t{args.threads}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     lines = [f"# INT8 QDQ vs FP32 ONNX: {spec.timm_name} at {args.size}, batch 1, {args.threads} threads",
-             "", f"CPU: {platform.machine()}, AVX2 {result['avx2']}, AVX-512 VNNI {result['avx512_vnni']}", "",
+             "", f"Measured on: {cpu_line(host)}", "",
              "| model | min ms | p10 ms | median ms | speed-up (min / p10 / median) |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['min_ms']} | {r['p10_ms']} | {r['median_ms']} | "
               f"{r['speedup_min']}x / {r['speedup_p10']}x / {r['speedup_median']}x |" for r in rows]

@@ -57,9 +57,12 @@ def cpu_description() -> dict[str, Any]:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return {"machine": platform.machine(), "flags": None}
+    from mnv4_deploy.host import cpu_description as host_cpu
+
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = fields.get("Flags", "").split()
     return {"model_name": fields.get("Model name", "").strip(), "cpus": fields.get("CPU(s)", "").strip(),
+            "int8_class": host_cpu()["int8_class"], "isa_caps": host_cpu()["isa_caps"],
             "vnni": [f for f in flags if "vnni" in f], "avx2": "avx2" in flags,
             "avx512": sorted(f for f in flags if f.startswith("avx512")), "flags": " ".join(flags)}
 

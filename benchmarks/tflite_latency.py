@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import RESULTS, calibration_folder, interleaved_latency
+from bench_common import RESULTS, calibration_folder, cpu_facts, cpu_line, interleaved_latency
 
 TARGETS = ("tflite", "tflite-fp16", "tflite-dynamic", "tflite-int8")
 THREADS = 2
@@ -89,7 +88,7 @@ def main() -> None:
                  *(f"{t}={out / r.artifact}" for t, r in results.items())]
         latency = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
     result = {"model": args.model, "size": args.size, "runs": args.runs, "threads": THREADS,
-              "host": f"{platform.machine()} {platform.processor() or ''}".strip(), "calibration": calib_text,
+              "host": cpu_line(cpu_facts()), "cpu": cpu_facts(), "calibration": calib_text,
               "latency": latency,
               "artifacts": {t: {"size_bytes": r.size_bytes, "cosine": r.parity["cosine"],
                                 "sqnr_db": r.parity["sqnr_db"], "runtime": r.runtime,

@@ -27,6 +27,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from mnv4_deploy.host import cpu_description
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "imagenet-samples"
 KNOWN = ("torch", "timm", "numpy", "onnxruntime", "onnxsim", "onnxscript", "onnx", "tensorflow", "litert_torch",
@@ -115,6 +117,7 @@ def main() -> int:
     result = {
         "model": args.model, "img_size": args.img_size, "calib_size": args.calib_size, "targets": targets,
         "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "host": cpu_description(),
         "python": sys.version.split()[0], "profiled": bool(profile), "host_at_end": run.merged.get("host"),
         "import_seconds": round(imports, 2), "matrix_wall_seconds": round(wall, 2),
         "stages_seconds": stages,

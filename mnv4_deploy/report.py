@@ -8,6 +8,8 @@ from typing import Any, Iterable, Sequence
 from .artifacts import write_json_atomic, write_text_atomic
 from .checksums import SUMS_FILE, artifact_sums
 from .errors import EXIT_ACCURACY, EXIT_BACKEND, EXIT_OK, EXIT_OTHER, EXIT_PARITY
+from .host import cpu_description
+from .host import one_line as cpu_line
 from .judgement import Judgement
 from .provenance import package_versions, reproducibility
 
@@ -126,6 +128,7 @@ class Report:
     recipe: dict[str, Any]
     out_dir: str
     versions: dict[str, str] = field(default_factory=package_versions)
+    host: dict[str, Any] = field(default_factory=cpu_description)  # the CPU it was judged on (int8 differs)
     results: list[TargetResult] = field(default_factory=list)
     interrupted: bool = False
     evaluation: dict[str, Any] | None = None
@@ -155,7 +158,7 @@ class Report:
         return {"tool": "mnv4-deploy", "exit_code": self.exit_code, "passed": self.passed,
                 "interrupted": self.interrupted, "model": self.model, "contract": self.contract,
                 "canonical": self.canonical, "golden": self.golden, "options": self.options,
-                "recipe": self.recipe, "versions": self.versions, "out_dir": self.out_dir,
+                "recipe": self.recipe, "versions": self.versions, "host": self.host, "out_dir": self.out_dir,
                 "evaluation": self.evaluation, "quantization": self.quantization,
                 "results": [r.to_dict() for r in self.results]}
 
@@ -210,11 +213,16 @@ class Report:
                if self.canonical.get("pads_rewritten") else "")
             + (f"; vs original: max abs {ver['max_abs']:.2e}, cosine {ver['cosine']:.8f}" if ver else ""),
             golden_line(self.golden),
+            f"judged on: {cpu_line(self.host)}",
         ]
         if self.evaluation:
             ev = self.evaluation
             lines.append(f"evaluation: {ev['count']} labeled images from {ev['source']}; reference top-1 "
                          f"{ev['reference_top1']:.2f}, top-5 {ev['reference_top5']:.2f}")
+        overflow = ((self.quantization or {}).get("plan") or {}).get("overflow")
+        if overflow:
+            lines.append(f"int8 plan, overflow fix {overflow['mode']}: {overflow['seven_bit_channels']} of "
+                         f"{overflow['channels']} GEMM-run channels at 7 bits; {overflow['verdict']}")
         fallback = (self.quantization or {}).get("fallback")
         if fallback:
             lines.append(f"int8 fallback: {len(fallback['kept_float'])} layers kept in float "
@@ -237,7 +245,7 @@ class Report:
     def manifest(self) -> dict[str, Any]:
         """The CI-facing inventory: what was built, from what, with which tools, and verdicts."""
         return {
-            "tool": "mnv4-deploy", "versions": self.versions,
+            "tool": "mnv4-deploy", "versions": self.versions, "host": self.host,
             "model": self.model, "contract_sha256": self.contract.get("sha256"), "contract": self.contract,
             "golden_sha256": self.golden.get("sha256"), "calibration": self.model.get("calibration"),
             "options": self.options, "recipe": self.recipe.get("name"),
