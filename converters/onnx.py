@@ -221,15 +221,18 @@ class OnnxInt8Converter(Converter):
     def convert(self, job: ConvertJob) -> Artifact:
         import onnx
 
-        from mnv4_deploy.quant.onnx_qdq import export_qdq_onnx
+        from mnv4_deploy.quant.onnx_qdq import auto_weight_dtype, export_qdq_onnx
+        from mnv4_deploy.quant.overflow import x86_saturation
 
         if job.plan is None:
             raise UsageError("target onnx-int8 needs calibration images", "pass --calib-data DIR")
         path = job.workdir / f"{job.stem}{self.info.suffix}"
-        export_qdq_onnx(job.plan, path, job.example, opset=job.options.opset)
+        weight_dtype = auto_weight_dtype(job.plan)
+        export_qdq_onnx(job.plan, path, job.example, opset=job.options.opset, weight_dtype=weight_dtype)
         proto = onnx.load(str(path))
         meta = {"opset": job.options.opset, "form": "QDQ", "input": INPUT_NAME, "output": OUTPUT_NAME,
-                "float_layers": list(job.plan.float_layers), "op_histogram": op_histogram(proto), **REPRODUCIBLE}
+                "weight_dtype": weight_dtype, "float_layers": list(job.plan.float_layers),
+                "op_histogram": op_histogram(proto), **x86_saturation(job.plan), **REPRODUCIBLE}
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=job.plan.emulation())
 
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
@@ -250,5 +253,5 @@ ONNX_FP16 = OnnxConverter(TargetInfo(name="onnx-fp16", precision="fp16", suffix=
                           fp16=True)
 ONNX_INT8 = OnnxInt8Converter(TargetInfo(
     name="onnx-int8", format="onnx", precision="int8", suffix=".int8.onnx", backend_modules=_BACKENDS, extra="onnx",
-    needs_calibration=True, options=(OPSET,), unfolded=False,
+    needs_calibration=True, options=(OPSET,), unfolded=False, x86_int8_kernels=True,
     description="ONNX static int8 (QDQ): per-channel weights, activation ranges from the run's plan"))

@@ -120,6 +120,14 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+class OverflowFix(str, Enum):
+    """--overflow-fix (the values of quantize.OVERFLOW_FIX_MODES)."""
+
+    auto = "auto"
+    all = "all"
+    off = "off"
+
+
 def _export_body(model: str, to: str, out: Optional[Path], quiet: bool, output: OutputFormat,
                  options: dict, **kwargs) -> int:
     from .pipeline import export
@@ -150,7 +158,8 @@ def _flag(annotation: Any, *decls: str, help: str, panel: str) -> Any:
     return Annotated[annotation, typer.Option(*decls, help=help, rich_help_panel=panel)]
 
 
-# (name, annotation, default) in --help order; the core's options (fold, dynamic_batch, simplify) among them
+# (name, annotation, default) in --help order; the core's options (fold, dynamic_batch, simplify, overflow_fix)
+# among them
 _EXPORT_FLAGS: list[tuple[str, Any, Any]] = [
     ("model", _in_panel(ModelOpt, "Model"), "conv_small"),
     ("to", _in_panel(ToOpt, "Model"), "onnx"),
@@ -165,6 +174,10 @@ _EXPORT_FLAGS: list[tuple[str, Any, Any]] = [
     ("calib_data", _in_panel(CalibDataOpt, "Quantization"), None),
     ("calib_size", _in_panel(CalibSizeOpt, "Quantization"), None),
     ("quant_config", _in_panel(QuantOpt, "Quantization"), "default"),
+    ("overflow_fix", _flag(Optional[OverflowFix], "--overflow-fix", panel="Quantization",
+                           help="7-bit weights where x86 CPUs without VNNI would saturate int16 pair sums: auto "
+                                "(only channels that could), all (every GEMM-run layer) or off; default auto when "
+                                "a target runs x86 int8 kernels (onnx-int8, openvino-int8), else off"), None),
     ("eval_data", _in_panel(EvalDataOpt, "Evaluation"), None),
     ("eval_size", _in_panel(EvalSizeOpt, "Evaluation"), None),
     ("max_drop", _in_panel(MaxDropOpt, "Evaluation"), None),
@@ -223,6 +236,8 @@ def export_command(**params: Any) -> None:
         if _OPTIONS_PROBLEM is not None:
             raise _OPTIONS_PROBLEM
         options = {name: params.pop(name) for name in ("fold", "dynamic_batch", "simplify")}
+        fix = params.pop("overflow_fix")
+        options["overflow_fix"] = None if fix is None else fix.value
         options.update({name: params.pop(name) for name, _, _ in _TARGET_FLAGS})
         eval_options = _eval_options(params.pop("eval_shard"), params.pop("eval_workers"), params.pop("resume"),
                                      params["eval_data"], params.pop("eval_reference_from"))

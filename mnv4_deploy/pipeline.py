@@ -23,6 +23,7 @@ from .batches import torch_logits
 from .calibration_stream import calibration_set
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
+from .quantize import OVERFLOW_FIX_MODES
 from .recipes import Recipe, load_recipe
 from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, build_order,
                        declared_options, find_targets, load_target, parse_targets, target_for_artifact)
@@ -140,6 +141,9 @@ def resolve_converters(targets: str | Sequence[str],
             raise UsageError(f"option --dynamic-batch is not used by target {conv.info.name}: it exports a fixed "
                              "batch of 1", f"drop --dynamic-batch, or export {conv.info.name} in another run")
         conv.check_options(options)
+    if options.overflow_fix is not None and options.overflow_fix not in OVERFLOW_FIX_MODES:
+        raise UsageError(f"--overflow-fix {options.overflow_fix!r} is not one of {', '.join(OVERFLOW_FIX_MODES)}",
+                         "auto: 7-bit weights where x86 int16 pair sums could saturate; all; or off")
     _check_declared_values(converters, options)
     _refuse_unused_options(converters, options)
     return converters
@@ -163,6 +167,8 @@ def _refuse_unused_options(converters: Sequence[Converter], options: ExportOptio
             continue
         if name == "fold":
             honoured, flag = any(c.info.unfolded for c in converters), "--no-fold"
+        elif name == "overflow_fix":  # shapes the run's int8 plan
+            honoured, flag = any(c.info.needs_calibration and c.info.shared_plan for c in converters), "--overflow-fix"
         else:
             honoured, flag = any(name in c.info.option_names() for c in converters), declared[name].flag
         if not honoured:
@@ -275,8 +281,14 @@ def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result:
         if ctx.eval_stage is not None:  # accuracy comes later, in one pass for every target
             ctx.eval_stage.runners[conv.info.name] = runner.run
         emulated = artifact.emulation(ctx.prepared.golden.tensors) if artifact.emulation is not None else None
-        if runner.cross_check is not None:
-            result.metadata["cross_check"] = _cross_check(runner.cross_check, ctx, logits)
+        if runner.cross_checks:
+            bounds = ctx.recipe.thresholds(artifact.emulation_bounds)
+            checks = [_cross_check(c, ctx, logits, emulated, bounds) for c in runner.cross_checks]
+            result.metadata["cross_checks"] = checks
+            notes = [f"cross-check off the plan ({c['vs_emulation_failures'][0]}): {c['runtime']}"
+                     for c in checks if c.get("vs_emulation_failures")]
+            if notes:
+                result.metadata["notes"] = [*result.metadata.get("notes", []), *notes]
     except Exception as exc:
         result.status, result.exit_code = VALIDATION_FAILED, EXIT_PARITY
         result.reason = f"running the artifact failed: {_one_line(exc)}"
@@ -289,13 +301,23 @@ def judge_artifact(conv: Converter, artifact: Artifact, ctx: RunContext, result:
     return result
 
 
-def _cross_check(second: Any, ctx: RunContext, logits: np.ndarray) -> dict[str, Any]:
-    """A second runtime on the golden inputs: its parity with PyTorch and with the judged runtime."""
+def _cross_check(second: Any, ctx: RunContext, logits: np.ndarray, emulated: np.ndarray | None,
+                 bounds: Any) -> dict[str, Any]:
+    """Another runtime on the golden inputs: its parity with PyTorch, the judged runtime and the emulation
+    (with the emulation bounds it misses, which the row's note then names; it does not gate)."""
     from .validate import compare
 
-    other = second.run(ctx.prepared.golden.tensors)
-    return {"runtime": second.runtime, "parity": compare(ctx.prepared.reference_logits, other).to_dict(),
-            "vs_judged_runtime": compare(logits, other).to_dict()}
+    try:
+        other = second.run(ctx.prepared.golden.tensors)
+    except Exception as exc:  # informative only: a cross-check that cannot run does not fail the artifact
+        return {"runtime": second.runtime, "error": _one_line(exc)}
+    check = {"runtime": second.runtime, "parity": compare(ctx.prepared.reference_logits, other).to_dict(),
+             "vs_judged_runtime": compare(logits, other).to_dict()}
+    if emulated is not None:
+        metrics = compare(emulated, other)
+        check["vs_emulation"] = metrics.to_dict()
+        check["vs_emulation_failures"] = bounds.failures(metrics)
+    return check
 
 
 def _judge(result: TargetResult, ctx: RunContext, logits: np.ndarray, emulated: np.ndarray | None = None,
@@ -460,11 +482,12 @@ def export(model: "str | Any", targets: str | Sequence[str] = "onnx", out: str |
             step("held labeled images")
             ctx.evaluation = _held_evaluation(ctx.eval_stage, prepared, log)
         if ctx.calibration is not None and any(c.info.needs_calibration and c.info.shared_plan for c in converters):
-            from .quantize import build_plan_stage
+            from .quantize import build_plan_stage, overflow_fix_mode
 
             step("int8 plan")
             ctx.plan = build_plan_stage(prepared.canonical, ctx.calibration, recipe, ctx.evaluation, max_drop, log,
-                                        sensitivity_images=sensitivity_images)
+                                        sensitivity_images=sensitivity_images,
+                                        overflow_fix=overflow_fix_mode(options.overflow_fix, converters))
         report = _new_report(ctx)
         try:
             for conv in _upstream_first(converters):

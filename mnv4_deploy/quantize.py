@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .batches import run_chunked
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 SENSITIVITY_IMAGES = 32  # calibration images the sensitivity ranking runs on
+# --overflow-fix: which GEMM-run channels get 7-bit weights so x86 int16 pair sums cannot saturate
+# (quant/overflow.py); here, where the run picks it, so the CLI need not import torch to check it
+OVERFLOW_FIX_MODES = ("auto", "all", "off")
 
 
 @dataclass
@@ -29,19 +32,34 @@ class PlanStage:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def overflow_fix_mode(requested: str | None, converters: Sequence[Any]) -> str:
+    """The plan's overflow fix: the one asked for, else `auto` when a target runs x86 int8 kernels, else `off`.
+
+    The fix costs a little weight resolution in GEMM-run layers (7-bit channels), so it is on by
+    default only where a target's runtime needs it (`TargetInfo.x86_int8_kernels`).
+    """
+    if requested is not None:
+        return requested
+    x86 = any(c.info.x86_int8_kernels and c.info.needs_calibration and c.info.shared_plan for c in converters)
+    return "auto" if x86 else "off"
+
+
 def build_plan_stage(canonical: Any, calibration: Any, recipe: Any, evaluation: Any = None,
-                     max_drop: float | None = None, log: Log = print, sensitivity_images: int = 0) -> PlanStage:
+                     max_drop: float | None = None, log: Log = print, sensitivity_images: int = 0,
+                     overflow_fix: str = "off") -> PlanStage:
     """Build the plan; when a drop budget and labeled data are given, fall back until it holds.
 
     `sensitivity_images` > 0 ranks layers (on that many calibration images) even when no
-    fallback runs, so reports can show which layers int8 hurts most.
+    fallback runs, so reports can show which layers int8 hurts most. `overflow_fix`: see
+    `overflow_fix_mode`.
     """
     from .quant import accuracy_fallback, build_plan, layer_sensitivity
     from .validate import accuracy
 
     started = time.perf_counter()
     streamed = hasattr(calibration, "batches")  # calibration_stream.StreamedCalibration: read from disk in batches
-    plan = build_plan(canonical, calibration if streamed else calibration.tensors, recipe, log=log)
+    plan = build_plan(canonical, calibration if streamed else calibration.tensors, recipe, log=log,
+                      overflow_fix=overflow_fix)
     summary: dict[str, Any] = {"calibration_sha256": calibration.sha256, "calibration_images": len(calibration),
                                "recipe": recipe.name}
     if evaluation is not None and max_drop is not None:

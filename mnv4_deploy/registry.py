@@ -59,6 +59,9 @@ class TargetInfo:
     unfolded: bool = True  # honours --no-fold (builds from the unfolded canonical model)
     toolchain: str = ""  # an out-of-venv vendor toolchain it runs (mnv4_deploy.toolchains), e.g. "rknn"
     check_platforms: tuple[str, ...] = ()  # the chips `mnv4-deploy check --platform` may name for it
+    # its int8 runtime runs u8 x s8 kernels on x86 CPUs, whose int16 pair sums saturate without VNNI:
+    # the run's plan then gets the overflow fix by default (--overflow-fix, quant/overflow.py)
+    x86_int8_kernels: bool = False
 
     def option_names(self) -> frozenset[str]:
         return frozenset(o.name for o in self.options)
@@ -83,12 +86,12 @@ class TargetInfo:
                                  f"pip install 'mnv4-deploy[{self.extra}]'" if self.extra else "install it")
 
 
-# Options the core owns, with their defaults (why these three: ExportOptions' docstring)
-CORE_OPTIONS: dict[str, Any] = {"fold": True, "dynamic_batch": False, "simplify": True}
+# Options the core owns, with their defaults (why these four: ExportOptions' docstring)
+CORE_OPTIONS: dict[str, Any] = {"fold": True, "dynamic_batch": False, "simplify": True, "overflow_fix": None}
 
 
 class ExportOptions:
-    """Per-run options, frozen once made: the core's three plus every registered target's declared ones.
+    """Per-run options, frozen once made: the core's four plus every registered target's declared ones.
 
     `ExportOptions(io_dtype="int8")` or `ExportOptions.of({"io_dtype": "int8"})`; an unknown
     name is a one-line usage error. Converters read values as attributes (`job.options.io_dtype`);
@@ -99,7 +102,9 @@ class ExportOptions:
     unfolded model says so with `TargetInfo.unfolded=False`), `dynamic_batch` (a capability each
     target declares in `TargetInfo.dynamic_batch`, refused once by the core naming the target)
     and `simplify` (onnxsim in the ONNX export several formats go through; every target
-    tolerates it, so it is never refused). `opset` is declared by the targets that export ONNX
+    tolerates it, so it is never refused) and `overflow_fix` (the one int8 plan every int8 target of
+    the run shares; None picks `auto` when a requested target declares `x86_int8_kernels`, else
+    `off`). `opset` is declared by the targets that export ONNX
     (the ONNX family and the BPU bundles), `strict` by those with an accelerator check (EdgeTPU,
     BPU): several targets share them, but each is still target knowledge.
     """
@@ -214,9 +219,10 @@ class Runner:
 
     run: Callable[[np.ndarray], np.ndarray]
     runtime: str  # e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
-    # a second runtime for the same artifact (Core ML on macOS: the NumPy reference executor);
-    # its parity is reported beside the judged one, so two implementations can be compared
-    cross_check: "Runner | None" = None
+    # other runtimes for the same artifact (Core ML on macOS: the NumPy reference executor; OpenVINO:
+    # its default kernels, and its kernels capped to a CPU class without VNNI); each one's parity is
+    # reported beside the judged one (informative, not gating), so implementations can be compared
+    cross_checks: "tuple[Runner, ...]" = ()
     # builds the same artifact's runner tuned for timing one image at a time, when that tuning would
     # hurt validation/evaluation (onnxruntime threads that spin between runs starve the decode workers
     # and the reference beside them); latency measurements use it, everything else uses `run`

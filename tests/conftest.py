@@ -116,12 +116,14 @@ class DigitsPlans:
                 raw[section] = value
         return raw
 
-    def plan(self, **overrides):
+    def plan(self, overflow_fix: str = "off", **overrides):
+        """The plan of the default recipe with `overrides`, and `overflow_fix` (build_plan's default: off)."""
         from mnv4_deploy.quant import build_plan
 
-        key = tuple(sorted(overrides.items()))
+        key = (overflow_fix, *sorted(overrides.items()))
         if key not in self._plans:
-            self._plans[key] = build_plan(self.canonical, self.net.x_calib, self.recipe(**overrides), log=lambda _: None)
+            self._plans[key] = build_plan(self.canonical, self.net.x_calib, self.recipe(**overrides),
+                                          log=lambda _: None, overflow_fix=overflow_fix)
         return self._plans[key]
 
     def quant_logits(self, plan, x=None):

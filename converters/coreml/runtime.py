@@ -212,5 +212,5 @@ def coreml_runner(path: Path) -> Runner | NotRunnable:
         return reference
     runner = _mlmodel_runner(path, input_name, output_name, contract, image and _color(feature) == "BGR")
     if isinstance(reference, Runner):
-        runner.cross_check = reference  # both are reported; Core ML's own result is the one judged
+        runner.cross_checks = (reference,)  # both are reported; Core ML's own result is the one judged
     return runner

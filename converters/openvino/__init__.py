@@ -81,6 +81,7 @@ class OpenvinoConverter(Converter):
 
     def convert(self, job: ConvertJob) -> Artifact:
         from converters.executorch.metadata import artifact_metadata
+        from mnv4_deploy.quant.overflow import x86_saturation
 
         from .ir import describe_ir, onnx_to_ir
 
@@ -101,6 +102,7 @@ class OpenvinoConverter(Converter):
                 "constant_types": facts["constant_types"], "embedded": embedded, **REPRODUCIBLE}
         if self.int8:
             meta["fake_quantize_ops"] = facts["op_histogram"].get("FakeQuantize", 0)
+            meta.update(x86_saturation(job.plan))
             return Artifact(self.info.name, path, self.info.precision, meta, emulation=job.plan.emulation())
         if fp16_weights:  # judged as fp16 against float, and at fp32 bounds against the fp16-weight model
             return Artifact(self.info.name, path, precision, meta, emulation=fp16_weight_emulation(job.model),
@@ -115,7 +117,7 @@ class OpenvinoConverter(Converter):
     def runner(self, artifact: Artifact) -> Runner:
         from .ir import ir_runner
 
-        return ir_runner(Path(artifact.path))
+        return ir_runner(Path(artifact.path), no_vnni_check=self.int8)
 
     def describe(self, path: Path) -> dict[str, Any]:
         from .ir import describe_ir
@@ -132,6 +134,6 @@ OPENVINO_FP32 = OpenvinoConverter(TargetInfo(
                 "--openvino-fp16-weights stores fp16 weights"), int8=False)
 OPENVINO_INT8 = OpenvinoConverter(TargetInfo(
     name="openvino-int8", format="openvino", precision="int8", suffix=".int8.openvino", backend_modules=BACKENDS,
-    extra="openvino", needs_calibration=True,
+    extra="openvino", needs_calibration=True, x86_int8_kernels=True,
     description="OpenVINO IR int8: the run's plan as QDQ (FakeQuantize), per-channel int8 weights, "
                 "run on OpenVINO's CPU plugin"), int8=True)

@@ -14,26 +14,38 @@ default), OpenVINO 2026.4.1 fuses MNv4-hybrid's multi-query attention into 12 JI
 kernels whose output is not the model's: cosine 0.9798 against onnxruntime on the very same
 ONNX (random-init hybrid_medium, 64 px; 0.977-0.983 from run to run), while every intermediate
 tensor matches to 1e-3 once exposed as an output (which stops the fusion), and with snippets off
-the cosine is 0.9999998. The default-kernel runner is kept as the runner's `cross_check`, so the
-report shows what a deployment with OpenVINO's defaults would compute.
+the cosine is 0.9999998. The default-kernel runner is kept as one of the runner's `cross_checks`, so
+the report shows what a deployment with OpenVINO's defaults would compute.
+
+On an x86 host with VNNI, a second cross-check runs the IR with oneDNN capped to AVX2
+(`ONEDNN_MAX_CPU_ISA`, honoured by OpenVINO's CPU plugin; in a fresh process, `isa_capped.py`):
+the int8 kernels of CPUs without VNNI, whose int16 pair sums saturate (mnv4_deploy/quant/overflow.py).
+So a report made on a VNNI host still shows what an AVX2-only host computes.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mnv4_deploy.batches import run_chunked
-from mnv4_deploy.errors import UsageError
+from mnv4_deploy.errors import DeployError, UsageError
+from mnv4_deploy.host import X86, cpu_description
 from mnv4_deploy.provenance import package_version
 from mnv4_deploy.registry import Runner
 
 RT_KEY = ["mnv4_deploy", "metadata"]
 NUM_THREADS = 2
+NO_VNNI_ISA = "AVX2"  # the ONEDNN_MAX_CPU_ISA value that stands for x86 CPUs without VNNI
+CAPPED_TIMEOUT_S = 600
 _GENERATED = re.compile(r"^[A-Za-z0-9]+_\d+$")
 
 
@@ -164,10 +176,11 @@ def compile_ir(path: Path, threads: int = NUM_THREADS, snippets: bool = False) -
     return core.compile_model(model, "CPU", config)
 
 
-def ir_runner(path: Path, snippets: bool = False) -> Runner:
+def ir_runner(path: Path, snippets: bool = False, no_vnni_check: bool = False) -> Runner:
     """OpenVINO CPU: NCHW float32 batch -> float32 logits, in chunks of the IR's fixed batch.
 
-    Judged with snippets off; its `cross_check` runs the plugin's default (snippets on).
+    Judged with snippets off; its `cross_checks` run the plugin's default (snippets on) and, with
+    `no_vnni_check` on a VNNI host, the kernels of a CPU without VNNI (`capped_ir_runner`: for int8 IRs).
     """
     compiled = compile_ir(path, snippets=snippets)
     request = compiled.create_infer_request()
@@ -185,4 +198,39 @@ def ir_runner(path: Path, snippets: bool = False) -> Runner:
                + ("snippets on: the plugin's default)" if snippets else "snippets off)"))
     if snippets:
         return Runner(run=run, runtime=runtime)
-    return Runner(run=run, runtime=runtime, cross_check=ir_runner(path, snippets=True))
+    checks = [ir_runner(path, snippets=True)]
+    if no_vnni_check and can_cap_to_no_vnni():
+        checks.append(capped_ir_runner(path))
+    return Runner(run=run, runtime=runtime, cross_checks=tuple(checks))
+
+
+def can_cap_to_no_vnni() -> bool:
+    """True on an x86 host with VNNI and no ISA cap set already: capping then shows another CPU class."""
+    cpu = cpu_description()
+    return cpu["machine"].lower() in X86 and cpu["vnni"] and not cpu["isa_caps"]
+
+
+def capped_ir_runner(path: Path, isa: str = NO_VNNI_ISA) -> Runner:
+    """The IR on OpenVINO's CPU plugin with oneDNN capped at `isa`, each batch in a fresh process."""
+    xml, _ = ir_files(path)
+    script = Path(__file__).with_name("isa_capped.py")
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="mnv4-isa-") as tmp:
+            inputs, outputs = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
+            np.save(inputs, np.ascontiguousarray(batch, dtype=np.float32))
+            env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
+            try:
+                done = subprocess.run([sys.executable, str(script), str(xml), str(inputs), str(outputs),
+                                       str(NUM_THREADS)], env=env, capture_output=True, text=True,
+                                      timeout=CAPPED_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise DeployError(f"openvino ({isa}-capped cross-check): no result within {CAPPED_TIMEOUT_S} s") from None
+            if done.returncode != 0 or not outputs.is_file():
+                last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+                raise DeployError(f"openvino ({isa}-capped cross-check) failed: {last[:200]}")
+            return np.load(outputs)
+
+    runtime = (f"openvino {package_version('openvino')} CPU plugin, oneDNN capped at {isa} "
+               "(ONEDNN_MAX_CPU_ISA): the int8 kernels of x86 CPUs without VNNI")
+    return Runner(run=run, runtime=runtime)

@@ -88,6 +88,9 @@ class QuantWeighted(nn.Module):
         self.register_buffer("weight_int", torch.zeros_like(self.weight, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out))
         self.register_buffer("bias_q", self.bias.clone())
+        # bits of each output channel's grid (7 where the overflow fix applies); not a buffer, so
+        # exported programs do not carry it
+        self.weight_bits = torch.full((out,), 8, dtype=torch.int64)
         self.input_qparams: QParams | None = None
         self.quantized = False
         self.frozen = False
@@ -137,9 +140,13 @@ class QuantWeighted(nn.Module):
         self.register_buffer("frozen_bias", bias)
         self.frozen = True
 
-    def set_weights(self, weight_int: torch.Tensor, weight_scale: torch.Tensor) -> None:
+    def set_weights(self, weight_int: torch.Tensor, weight_scale: torch.Tensor,
+                    bits: torch.Tensor | None = None) -> None:
+        """New integer weights and scales; `bits` per output channel when their grids change."""
         self.weight_int = weight_int.to(torch.int8)
         self.weight_scale = weight_scale.float().reshape(-1)
+        if bits is not None:
+            self.weight_bits = bits.to(torch.int64).reshape(-1).clone()
 
 
 class QuantConv2d(QuantWeighted):

@@ -7,13 +7,14 @@ initializers behind a per-channel DequantizeLinear (axis 0), biases as int32 on
 input_scale * weight_scale. So the exported graph is, node for node, what the fake-quant
 model computes, and onnxruntime fuses the Q/DQ islands into QLinearConv, QLinearAdd, QGemm...
 
-Weights go out as int8 (zero point 0) or, on x86 CPUs without VNNI, as the same grid in
-uint8 (zero point 128): there onnxruntime's u8s8 kernels multiply with VPMADDUBSW, whose
-int16 pair sums saturate with full 8-bit weights (measured here: -5.5 pt top-1 on the
-digits model, cosine 0.2 against the fake-quant model), while its u8u8 kernels do not.
-`weight_dtype="auto"` picks int8 when the host has VNNI (or is not x86) or when the plan's
-GEMM-run (dense) layers use at most 7 bits (`weights.dense_bits: 7`: no pair sum can
-saturate, and the fast u8s8 kernels stay exact), else uint8.
+Weights go out as int8 (zero point 0) or as the same grid in uint8 (zero point 128). On x86
+CPUs without VNNI onnxruntime's u8s8 kernels add neighbouring products in saturating int16
+(quant/overflow.py; measured here: -5.5 pt top-1 on the digits model, cosine 0.2 against the
+fake-quant model), while its u8u8 kernels do not. `weight_dtype="auto"` writes int8 when no
+pair sum of the plan can saturate (the plan's overflow fix, or `weights.dense_bits: 7`): the
+artifact is then exact on every CPU and keeps the fast u8s8 kernels. For a plan that may
+saturate it falls back to the host's class: int8 on VNNI (or non-x86) hosts, uint8 elsewhere;
+such an artifact is exact on the CPU class it was written on only.
 
 This is the only module that knows about ONNX.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import os
-import platform
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendMissing, UsageError
+from ..host import has_vnni
 from ..validate import ParityMetrics, compare
 from .modules import QuantOps
 from .plan import QuantPlan
@@ -75,15 +76,12 @@ class _DQConstant(torch.autograd.Function):
 
 def host_weight_dtype() -> str:
     """'int8' where u8s8 integer kernels are exact (VNNI/AMX x86, ARM), else 'uint8'."""
-    machine = platform.machine().lower()
-    if machine not in ("x86_64", "amd64", "i386", "i686"):
-        return "int8"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return "uint8"
-    return "int8" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags) else "uint8"
+    return "int8" if has_vnni() else "uint8"
+
+
+def auto_weight_dtype(plan: QuantPlan) -> str:
+    """int8 when no pair sum of `plan` can saturate (exact everywhere), else the host's `host_weight_dtype`."""
+    return "int8" if not plan.saturating_layers else host_weight_dtype()
 
 
 class OnnxQDQOps(QuantOps):
@@ -119,15 +117,15 @@ def export_qdq_onnx(plan: QuantPlan, path: str | Path, example: torch.Tensor, op
                     weight_dtype: str = "auto", log: Callable[[str], None] = lambda _: None) -> Path:
     """Write `plan` as a QDQ ONNX model (dynamic batch) to `path`, atomically.
 
-    weight_dtype: "int8", "uint8" (same values, zero point 128) or "auto" (`host_weight_dtype`).
+    weight_dtype: "int8", "uint8" (same values, zero point 128) or "auto" (`auto_weight_dtype`).
     """
     if weight_dtype not in WEIGHT_DTYPES:
         raise UsageError(f"weight dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     if plan.settings.act_bits != 8:
         raise UsageError(f"ONNX QDQ needs 8-bit activations; this plan uses {plan.settings.act_bits}-bit",
                          "use a recipe with activations.bits: 8 for ONNX")
-    if weight_dtype == "auto":  # 7-bit GEMM weights cannot saturate int16 pair sums (255*63*2 < 2**15)
-        weight_dtype = "int8" if plan.settings.dense_bits <= 7 else host_weight_dtype()
+    if weight_dtype == "auto":
+        weight_dtype = auto_weight_dtype(plan)
     try:
         import onnx
     except ImportError:

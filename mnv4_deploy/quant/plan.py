@@ -32,9 +32,10 @@ from .calibrate import ObservedRange, calibrate_ranges, output_points
 from .equalize import EqualizationStats, absorb_biases, equalize
 from .graph import QuantGraph, build_quant_graph
 from .modules import QuantOps, QuantWeighted, is_depthwise
+from .overflow import SAFE_BITS, channels_to_fix, input_code_maxima, layer_overflow, summarize
 from .qparams import QParams
 from .settings import QuantSettings
-from .simulate import FLOAT, QUANT, run_streams
+from .simulate import FLOAT, QUANT, batches, run_streams
 from .threads import single_thread
 from .weights import adaround, bias_fit_min_scale, quantize_weight, rounding_flips
 
@@ -57,8 +58,10 @@ class QuantPlan:
 
     def __init__(self, qg: QuantGraph, settings: QuantSettings, ranges: dict[str, QParams],
                  observed: dict[str, ObservedRange], correction_data: torch.Tensor,
-                 stats: dict[str, Any], float_units: frozenset[str] = frozenset()):
+                 stats: dict[str, Any], float_units: frozenset[str] = frozenset(),
+                 code_maxima: Mapping[str, torch.Tensor] | None = None):
         self._qg = qg
+        self._code_maxima = dict(code_maxima or {})  # GEMM layers' calibrated input code maxima (overflow fix auto)
         self.settings = settings
         self._ranges = ranges
         self.observed = observed
@@ -100,6 +103,32 @@ class QuantPlan:
     def activation_ranges(self) -> dict[str, QParams]:
         """The grid of every enabled quantization point (shared points included)."""
         return {p: q for p, q in self._ranges.items() if self._point_enabled(p)}
+
+    @property
+    def overflow(self) -> dict[str, Any]:
+        """Int16 pair-sum overflow on x86 CPUs without VNNI (quant/overflow.py): the fix's mode, how many
+        GEMM-run channels hold 7-bit weights, and which layers may still saturate (`layers_at_risk`)."""
+        found = []
+        for name in self.layers:
+            layer = self._layer(name)
+            ip = self._qg.units[name].input_point
+            if name in self.float_units or is_depthwise(layer) or ip is None or not self._point_enabled(ip):
+                continue  # runs in float, or in a direct (non-GEMM) kernel
+            grid = self._ranges[ip]
+            found.append(layer_overflow(name, layer.weight_int, layer.weight_bits <= SAFE_BITS, grid.qmax - grid.qmin,
+                                        self._code_maxima.get(name)))
+        return summarize(self.settings.overflow_fix, found)
+
+    def input_code_maxima(self, layer: str) -> np.ndarray | None:
+        """The largest code each input channel of a GEMM-run layer took on the calibration images
+        (measured for `overflow_fix: auto`; None otherwise)."""
+        maxima = self._code_maxima.get(layer)
+        return None if maxima is None else maxima.numpy().copy()
+
+    @property
+    def saturating_layers(self) -> list[str]:
+        """GEMM-run layers whose int16 pair sums may saturate on x86 CPUs without VNNI (none with the fix)."""
+        return list(self.overflow["layers_at_risk"])
 
     def point_module(self, point: str) -> str:
         """Path of the module quantizing `point` (an Identity in `model`): hook it to read the value."""
@@ -198,7 +227,7 @@ class QuantPlan:
             raise UsageError(f"unknown quantization units: {', '.join(unknown[:5])}", "see plan.units")
         qg = copy.deepcopy(self._qg)
         plan = QuantPlan(qg, self.settings, self._ranges, self.observed, self._correction_data,
-                         copy.deepcopy(self.stats), self.float_units | frozenset(units))
+                         copy.deepcopy(self.stats), self.float_units | frozenset(units), self._code_maxima)
         if self.settings.bias_correction if recorrect is None else recorrect:
             for name in plan.layers:
                 layer = plan._layer(name)
@@ -220,7 +249,8 @@ class QuantPlan:
         if self._quantized_output is None:
             settings = dataclasses.replace(self.settings, quantize_output=True)
             self._quantized_output = QuantPlan(copy.deepcopy(self._qg), settings, self._ranges, self.observed,
-                                               self._correction_data, copy.deepcopy(self.stats), self.float_units)
+                                               self._correction_data, copy.deepcopy(self.stats), self.float_units,
+                                               self._code_maxima)
         return self._quantized_output
 
     # ---- identity -----------------------------------------------------------------------
@@ -260,7 +290,8 @@ class QuantPlan:
             layer = self._layer(name)
             scale = layer.weight_scale
             layers[name] = {"op": qg.units[name].op, "quantized": layer.quantized,
-                            "bits": self.settings.layer_bits(is_depthwise(layer)),
+                            "bits": int(layer.weight_bits.max()),
+                            "seven_bit_channels": int((layer.weight_bits == SAFE_BITS).sum()),
                             "weight_scale_min": float(scale.min()), "weight_scale_max": float(scale.max()),
                             "int32_bias": layer.quantized and layer.input_qparams is not None}
         return {
@@ -271,6 +302,7 @@ class QuantPlan:
                        "float_units": len(self.float_units)},
             "float_units": self.float_layers,
             "steps": self.stats,
+            "overflow": self.overflow,
             "points": points,
             "layers": layers,
         }
@@ -309,7 +341,7 @@ def _layerwise(plan: QuantPlan, adaround_layers: bool, correct: bool, log: Log) 
                 target = layer.forward_float(x_float)
                 target = act(target) if act is not None else target
             w_int = adaround(layer.forward_with, layer.weight, layer.bias_q, layer.weight_scale,
-                             s.layer_bits(is_depthwise(layer)), x_quant, target, act, iterations=s.adaround_iterations)
+                             layer.weight_bits, x_quant, target, act, iterations=s.adaround_iterations)
             flips[layer.unit] = rounding_flips(w_int, layer.weight, layer.weight_scale)
             layer.set_weights(w_int, layer.weight_scale)
         if correct:
@@ -327,34 +359,66 @@ def _layerwise(plan: QuantPlan, adaround_layers: bool, correct: bool, log: Log) 
     return out
 
 
-def _quantize_weights(qg: QuantGraph, s: QuantSettings, ranges: Mapping[str, QParams]) -> None:
+def _gemm_layers(qg: QuantGraph) -> dict[str, QuantWeighted]:
+    """Layers x86 CPUs run through u8 x s8 GEMM kernels: a quantized input, not depthwise."""
+    nodes = {n.name: n for n in qg.gm.graph.nodes}
+    found = {}
+    for unit in qg.units.values():
+        if unit.kind == "layer" and unit.input_point is not None:
+            layer = qg.gm.get_submodule(nodes[unit.node].target)
+            if not is_depthwise(layer):
+                found[unit.name] = layer
+    return found
+
+
+def _input_code_maxima(qg: QuantGraph, data: Any, ranges: Mapping[str, QParams],
+                       batch_size: int) -> dict[str, torch.Tensor]:
+    """Each GEMM layer's largest input code per channel on the calibration images (float graph)."""
+    layers = _gemm_layers(qg)
+    grids = {name: ranges[qg.units[name].input_point] for name in layers}
+    return input_code_maxima(layers, grids, qg.gm, batches(data, batch_size))
+
+
+def _quantize_weights(qg: QuantGraph, s: QuantSettings, ranges: Mapping[str, QParams],
+                      code_maxima: Mapping[str, torch.Tensor]) -> None:
     """Nearest-rounded per-channel weights, scales raised where an int32 bias would overflow."""
     nodes = {n.name: n for n in qg.gm.graph.nodes}
     with single_thread():
         for unit in qg.units.values():
             if unit.kind == "layer":
-                _quantize_layer(qg.gm.get_submodule(nodes[unit.node].target), unit.input_point, s, ranges)
+                _quantize_layer(qg.gm.get_submodule(nodes[unit.node].target), unit.input_point, s, ranges,
+                                code_maxima.get(unit.name))
 
 
 def _quantize_layer(layer: QuantWeighted, input_point: str | None, s: QuantSettings,
-                    ranges: Mapping[str, QParams]) -> None:
-    min_scale = None
-    if input_point is not None:
-        min_scale = bias_fit_min_scale(layer.bias, ranges[input_point].scale)
-    w_int, scale = quantize_weight(layer.weight, s.layer_bits(is_depthwise(layer)), s.per_channel, min_scale)
-    layer.set_weights(w_int, scale)
+                    ranges: Mapping[str, QParams], code_maxima: torch.Tensor | None = None) -> None:
+    """Integer weights at the recipe's bits; a GEMM-run layer's channels the overflow fix picks get 7 bits."""
+    bits = s.layer_bits(is_depthwise(layer))
+    min_scale = None if input_point is None else bias_fit_min_scale(layer.bias, ranges[input_point].scale)
+    w_int, scale = quantize_weight(layer.weight, bits, s.per_channel, min_scale)
+    channel_bits = torch.full((w_int.shape[0],), bits, dtype=torch.int64)
+    if input_point is not None and not is_depthwise(layer) and bits > SAFE_BITS:
+        grid = ranges[input_point]
+        fix = channels_to_fix(s.overflow_fix, w_int, code_maxima, grid.qmax - grid.qmin)
+        if fix.any():
+            channel_bits[fix if s.per_channel else slice(None)] = SAFE_BITS  # one scale: all channels or none
+            w_int, scale = quantize_weight(layer.weight, channel_bits, s.per_channel, min_scale)
+    layer.set_weights(w_int, scale, channel_bits)
 
 
 def build_plan(model: nn.Module, calib: np.ndarray, recipe: Recipe | str | Mapping[str, Any] = "default",
-               log: Log = print) -> QuantPlan:
+               log: Log = print, overflow_fix: str = "off") -> QuantPlan:
     """Plan the int8 quantization of a canonical model from calibration images.
 
     calib: (N, 3, H, W) float32, preprocessed exactly like evaluation inputs, or a streamed set
     (`calibration_stream.StreamedCalibration`: the passes over every image re-read it in batches,
     the layer-by-layer steps take its in-memory head, so the plan is the one the array gives).
     recipe: a loaded `Recipe`, a recipe name/path, or a recipe mapping.
+    overflow_fix: `auto`, `all` or `off`: which GEMM-run channels get 7-bit weights so that x86
+    CPUs without VNNI cannot saturate their int16 pair sums (quant/overflow.py).
     """
-    settings = QuantSettings.from_recipe(recipe)
+    settings = dataclasses.replace(QuantSettings.from_recipe(recipe), overflow_fix=overflow_fix)
+    settings.check()
     if hasattr(calib, "batches"):
         data = calib
         head = torch.from_numpy(np.ascontiguousarray(calib.head(min(settings.correction_size, len(calib)))))
@@ -378,8 +442,12 @@ def build_plan(model: nn.Module, calib: np.ndarray, recipe: Recipe | str | Mappi
             f"absorbed biases of {eq.absorbed_channels} channels")
     ranges, observed = calibrate_ranges(qg, data, settings.estimator, settings.act_bits, settings.symmetric,
                                         settings.percentile, settings.act_dtype, settings.batch_size, log)
-    _quantize_weights(qg, settings, ranges)
-    plan = QuantPlan(qg, settings, ranges, observed, correction, stats)
+    maxima = _input_code_maxima(qg, data, ranges, settings.batch_size) if settings.overflow_fix == "auto" else {}
+    _quantize_weights(qg, settings, ranges, maxima)
+    plan = QuantPlan(qg, settings, ranges, observed, correction, stats, code_maxima=maxima)
+    overflow = plan.overflow
+    log(f"overflow fix {settings.overflow_fix}: {overflow['seven_bit_channels']} of {overflow['channels']} GEMM-run "
+        f"channels at 7 bits; {len(overflow['layers_at_risk'])} layers may saturate on x86 without VNNI")
     if settings.rounding == "adaround" or settings.bias_correction:
         plan.stats.update(_layerwise(plan, settings.rounding == "adaround", settings.bias_correction, log))
     log(f"quant plan built in {time.time() - t0:.1f}s")

@@ -106,13 +106,13 @@ def qparams_for_range(lo: float, hi: float, bits: int = 8, symmetric: bool = Fal
     return QParams(scale, zero_point, qmin, qmax).as_dtype(dtype)
 
 
-def weight_scales(amax: np.ndarray, bits: int) -> np.ndarray:
+def weight_scales(amax: np.ndarray, bits: "int | np.ndarray") -> np.ndarray:
     """Symmetric per-channel weight scales (float32) for channel magnitudes `amax`.
 
     The grid is [-(2^(b-1)-1), 2^(b-1)-1] (narrow range: -128 is never used, as runtimes
-    and TFLite expect for int8 weights).
+    and TFLite expect for int8 weights). `bits` is one width or one per channel.
     """
-    qmax = (1 << (bits - 1)) - 1
+    qmax = 2.0 ** (np.asarray(bits, np.float64) - 1) - 1
     amax = np.asarray(amax, np.float64)
     scale = np.where(amax > 0, amax / qmax, 1.0)
     return np.maximum(scale, 1e-12).astype(np.float32)

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from ..errors import UsageError
 from ..recipes import Recipe, load_recipe
+from .overflow import OVERFLOW_FIX_MODES
 from .qparams import ACT_DTYPES
 
 DEFAULT_BATCH = 32
@@ -39,6 +40,7 @@ class QuantSettings:
     batch_size: int = DEFAULT_BATCH
     correction_size: int = DEFAULT_CORRECTION
     fallback_max_layers: int = 8
+    overflow_fix: str = "off"  # auto | all | off: 7-bit GEMM channels against x86 int16 saturation (overflow.py)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe | str | Mapping[str, Any] = "default") -> "QuantSettings":
@@ -84,6 +86,9 @@ class QuantSettings:
                            ("weights.adaround_iterations", self.adaround_iterations)):
             if value < 1:
                 raise UsageError(f"{where}: {key} {value} must be at least 1")
+        if self.overflow_fix not in OVERFLOW_FIX_MODES:
+            raise UsageError(f"overflow fix {self.overflow_fix!r} is not one of {', '.join(OVERFLOW_FIX_MODES)}",
+                             "pass --overflow-fix auto, all or off")
         if self.fallback_max_layers < 0:
             raise UsageError(f"{where}: fallback.max_layers {self.fallback_max_layers} must not be negative")
 

@@ -23,16 +23,28 @@ def channel_amax(weight: torch.Tensor, per_channel: bool = True) -> torch.Tensor
     return amax if per_channel else amax.max().expand_as(amax).clone()
 
 
-def quantize_weight(weight: torch.Tensor, bits: int = 8, per_channel: bool = True,
+def channel_qmax(bits: int | torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The largest integer of each output channel's grid, shaped to broadcast against `weight`.
+
+    `bits` is the layer's width, or one width per output channel (the overflow fix gives some
+    channels 7 bits).
+    """
+    bits = torch.as_tensor(bits, dtype=torch.float32).expand(weight.shape[0])
+    return (2.0 ** (bits - 1) - 1).reshape((-1,) + (1,) * (weight.dim() - 1))
+
+
+def quantize_weight(weight: torch.Tensor, bits: int | torch.Tensor = 8, per_channel: bool = True,
                     min_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(integer weights, float32 scales per output channel), rounding to nearest (even).
 
-    `min_scale` raises scales where a layer's bias would not fit int32 otherwise.
+    `bits`: one width, or one per output channel. `min_scale` raises scales where a layer's
+    bias would not fit int32 otherwise.
     """
-    scale = torch.from_numpy(weight_scales(channel_amax(weight, per_channel).numpy(), bits))
+    bits_array = bits.numpy() if isinstance(bits, torch.Tensor) else bits
+    scale = torch.from_numpy(weight_scales(channel_amax(weight, per_channel).numpy(), bits_array))
     if min_scale is not None:
         scale = torch.maximum(scale, min_scale.float())
-    qmax = (1 << (bits - 1)) - 1
+    qmax = channel_qmax(bits, weight)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     w_int = torch.clamp(torch.round(weight / scale.reshape(shape)), -qmax, qmax)
     return w_int.to(torch.int8), scale
@@ -43,7 +55,7 @@ def _rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
 
 
 def adaround(forward_with: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-             weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, bits: int,
+             weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, bits: int | torch.Tensor,
              inputs: torch.Tensor, target: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor] | None = None,
              iterations: int = 200, batch_size: int = 32, lr: float = 1e-2, reg: float = 0.01,
              warmup: float = 0.2, beta: tuple[float, float] = (20.0, 2.0), seed: int = 0) -> torch.Tensor:
@@ -53,8 +65,9 @@ def adaround(forward_with: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
     rounding also compensates upstream error (asymmetric reconstruction). Loss and schedule
     follow the paper: squared error summed over channels plus a regulariser, annealed from
     beta[0] to beta[1] after `warmup`, that drives every rounding to a hard 0 or 1.
+    `bits`: one width, or one per output channel.
     """
-    qmax = (1 << (bits - 1)) - 1
+    qmax = channel_qmax(bits, weight)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     s = scale.reshape(shape)
     w_floor = torch.floor(weight / s)
