@@ -156,7 +156,7 @@ class VenvToolchain:
         if free_mb < self.size_mb * 1.2:
             raise UsageError(f"toolchain {self.name} needs about {self.size_mb} MB, {root} has {free_mb} MB free",
                              f"free space or set {ROOT_ENV} to another folder")
-        log(f"toolchain {self.name}: installing {', '.join(self.requirements)} and {len(self.pins)} pinned packages, "
+        log(f"toolchain {self.name}: installing {', '.join(self.requirements)} ({len(self.pins)} pinned packages), "
             f"about {self.size_mb / 1000:.1f} GB, into {home}")
         tmp = root / f".{self.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
