@@ -46,6 +46,26 @@ def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_r
     assert (out / "digits.openvino" / "digits.xml").is_file() and (out / "digits.openvino" / "digits.bin").is_file()
 
 
+def test_x86_int8_targets_get_the_overflow_fix_and_a_no_vnni_cross_check(digits_run):
+    """openvino-int8 runs x86 int8 kernels: the plan is fixed by default, and on a VNNI host the IR is also run
+    with oneDNN capped at AVX2, which must then follow the plan as closely as the judged runtime."""
+    from converters.openvino.ir import can_cap_to_no_vnni
+
+    report, _ = digits_run
+    overflow = report.quantization["plan"]["overflow"]
+    assert overflow["mode"] == "auto" and overflow["seven_bit_channels"] > 0 and not overflow["layers_at_risk"]
+    int8 = report.result("openvino-int8")
+    assert int8.metadata["overflow_fix"] == "auto" and "notes" not in int8.metadata
+    assert report.result("onnx-int8").metadata["weight_dtype"] == "int8"  # exact on every CPU: no uint8 fallback
+    runtimes = [c["runtime"] for c in int8.metadata["cross_checks"]]
+    capped = [c for c in int8.metadata["cross_checks"] if "capped at AVX2" in c["runtime"]]
+    assert len(capped) == (1 if can_cap_to_no_vnni() else 0), runtimes
+    for check in capped:
+        assert not check["vs_emulation_failures"] and check["vs_emulation"]["cosine"] > 0.99, check
+    assert "openvino" not in {c["runtime"] for c in report.result("openvino").metadata.get("cross_checks", [])
+                              if "capped" in c["runtime"]}  # fp32 IRs have no int16 pair sums to check
+
+
 def test_the_ir_carries_contract_classes_and_plan_hash(digits_run, trained_digits):
     report, out = digits_run
     meta = inspect_digits_artifact(out / "digits.int8.openvino", "openvino-int8", "openvino-ir")

@@ -151,3 +151,28 @@ def test_without_the_fix_the_report_says_it_may_saturate_and_a_no_vnni_runtime_s
     else:
         assert openvino.emulation_parity["cosine"] < 0.99
         assert report.result("onnx-int8").metadata["weight_dtype"] == "uint8"  # u8u8 kernels: exact here
+
+
+def test_overflow_fix_is_refused_where_no_plan_is_made_and_checked_for_its_values():
+    from typer.testing import CliRunner
+
+    from mnv4_deploy.cli import export_app
+
+    cli = CliRunner()
+    unused = cli.invoke(export_app, ["--model", "conv_small", "--to", "onnx", "--overflow-fix", "off"])
+    assert unused.exit_code == 2 and "--overflow-fix is not used by target(s) onnx" in unused.stderr
+    wrong = cli.invoke(export_app, ["--model", "conv_small", "--to", "onnx-int8", "--overflow-fix", "sometimes"])
+    assert wrong.exit_code == 2 and "sometimes" in wrong.stderr
+
+
+def test_the_fix_is_on_by_default_only_for_targets_running_x86_int8_kernels():
+    from types import SimpleNamespace
+
+    from mnv4_deploy.quantize import overflow_fix_mode
+
+    def target(x86: bool, plan: bool = True):
+        return SimpleNamespace(info=SimpleNamespace(x86_int8_kernels=x86, needs_calibration=plan, shared_plan=plan))
+
+    assert overflow_fix_mode(None, [target(False), target(True)]) == "auto"
+    assert overflow_fix_mode(None, [target(False)]) == "off"
+    assert overflow_fix_mode("all", [target(False)]) == "all" and overflow_fix_mode("off", [target(True)]) == "off"
