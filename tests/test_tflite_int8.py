@@ -85,6 +85,11 @@ def test_trained_int8_tflite_meets_the_onnx_int8_bound_and_follows_the_plan(digi
         assert ranges["matched_tensors"] >= 50 and ranges["tensors_on_plan_grid"] >= 50
         assert ranges["tensors_off_plan_grid"] <= 2, ranges["off_plan_grid"]
         assert result.size_bytes < 0.35 * 3.89e6  # int8 weights: a quarter of the fp32 file
+    # onnx-int8 is in the run, so the plan has 7-bit GEMM channels (x86 overflow fix): the quantizer's
+    # re-derived weights miss them, and every conv/FC gets the plan's integers written over (edgetpu reuses them)
+    weights = tfl.metadata["plan_weights"]
+    assert weights["weight_tensors_unmatched"] == 0 and weights["weights_rewritten"] > 10, weights
+    assert weights["layers_on_plan_weights"] == report.quantization["plan"]["counts"]["layers"], weights
     assert _input_dtype(out / tfl.artifact) == np.float32 and tfl.metadata["io_dtype"] == "float32"
     assert _input_dtype(out / tpu.artifact) == np.uint8 and tpu.metadata["io_dtype"] == "uint8"
     assert "this run's tflite-int8 artifact" in tpu.metadata["full_integer_source"]  # quantized once

@@ -5,9 +5,10 @@ Steps, and why each:
    with litert-torch, strict export (clean int8 residual ADDs later);
 2. match its tensors to the plan's points (plan_ranges.py) and hand the quantizer the plan's
    ranges as its calibration result: `recipe.static_wi8_ai8()` then writes per-channel int8
-   weights (re-derived from grid weights, so the plan's integers come back) and int8
-   activations on the plan's grids; only tensors the plan has no point for keep the
-   quantizer's own min/max from a few calibration images;
+   weights and int8 activations on the plan's grids; only tensors the plan has no point for
+   keep the quantizer's own min/max from a few calibration images. Its weights are re-derived
+   from the grid weights (max |w| / 127), which misses the plan's 7-bit channels, so the plan's
+   own integers, scales and int32 biases are written over them (plan_weights.py);
 3. set the I/O type (io_types.py) and refuse a model that still computes anything in float,
    naming the op (GELU and friends stay float in ai-edge-quantizer).
 """
@@ -26,6 +27,7 @@ from mnv4_deploy.errors import DeployError, UsageError
 from .convert import export_float_tflite
 from .flatbuffer import read_tflite
 from .io_types import set_io_dtype
+from .plan_weights import write_plan_weights
 from .plan_ranges import calibration_result, capture_point_values, float_tensor_values, grid_agreement, match_tensors
 
 QUANTIZER_IMAGES = 16  # images the quantizer calibrates on, for tensors the plan has no point for
@@ -92,6 +94,7 @@ def build_full_integer(plan: Any, calib: np.ndarray, example: Any, path: Path, l
     if result.quantized_model is None:
         raise DeployError("ai-edge-quantizer returned no model for the static int8 recipe")
     path.write_bytes(bytes(result.quantized_model))
+    weights = write_plan_weights(path, plan)
     grids = grid_agreement(path, match, ranges)
     left = float_ops(path)
     if left:
@@ -103,4 +106,5 @@ def build_full_integer(plan: Any, calib: np.ndarray, example: Any, path: Path, l
     return {"route": f"{facts['route']} of the plan's adjusted float model -> ai_edge_quantizer static int8",
             "quantization": QUANTIZATION, "io_dtype": io_dtype,
             "plan_ranges": {**match.summary(), **grids, "quantizer_images": min(len(calib), QUANTIZER_IMAGES)},
+            "plan_weights": weights,
             "seconds_full_integer": round(time.perf_counter() - started, 3)}

@@ -53,7 +53,8 @@ class QuantPlan:
     Converters read a plan only through its public API: `emulation()` (what the int8 artifact
     computes, as a Run), `with_quantized_output()` (the full-integer variant), `export_model(ops)`
     (the fake-quant model with constant weights in an exporter's spelling), the per-layer
-    `weight_ints`/`weight_scales`, `activation_ranges`, `float_layers` and `sha256`.
+    `weight_ints`/`weight_scales`/`bias_values`, `activation_ranges`, `float_layers`, `overflow`
+    and `sha256`.
     """
 
     def __init__(self, qg: QuantGraph, settings: QuantSettings, ranges: dict[str, QParams],
@@ -98,6 +99,11 @@ class QuantPlan:
 
     def weight_ints(self, layer: str) -> np.ndarray:
         return self._layer(layer).weight_int.numpy().copy()
+
+    def bias_values(self, layer: str) -> np.ndarray:
+        """The float bias a quantized layer adds (bias correction included); a runtime stores it in int32 as
+        round(bias / (input_scale * weight_scale)), which is what the emulation computes with."""
+        return self._layer(layer).bias_q.numpy().copy()
 
     @property
     def activation_ranges(self) -> dict[str, QParams]:
