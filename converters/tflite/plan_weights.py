@@ -78,6 +78,8 @@ def write_plan_weights(path: Path, plan: Any) -> dict[str, Any]:
         q = w.quantization
         if q is None or q.scale is None or w.type != 9:  # 9: INT8
             continue
+        if model.buffers[w.buffer].data is None:  # an activation (attention's q.k, attn.v): no weights to write
+            continue
         axis = _CHANNEL_AXIS[kind]
         scale = np.asarray(q.scale, np.float64)
         ints = _tensor_array(model, w, np.int8).astype(np.float64)
