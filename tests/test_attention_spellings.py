@@ -34,8 +34,13 @@ FAST_PAIRS = {
     ("at-flattened@alone", "tflite-int8"),  # softmax over axis 1: REDUCE_MAX/EXP stayed float
     ("einsum-map@alone", "bpu-x3"),  # einsum at ONNX opset 11
     ("sdpa@alone", "bpu-x3"),  # F.scaled_dot_product_attention at ONNX opset 11
+    ("token-head@alone", "executorch-int8"),  # XNNPACK: mean without keepdim, tokens[:, 0], cat of two grids
 }
 FAST_TARGETS = {"onnx", "onnx-int8"}
+# LiteRT folds hard-sigmoid's +3 and clamp into the coefficient Linear's FULLY_CONNECTED (its output is
+# relu6(coef + 3)): a tensor the plan has no point for, on the quantizer's own grid (2 such tensors in
+# the model; parity against the plan's emulation still holds)
+FUSED_IN_TFLITE = {"dynamic-max"}
 
 
 def _key(spelling: str, form: str) -> str:
@@ -73,7 +78,7 @@ def test_spelling_through_target(zoo_matrix, key, target):
         result = zoo_matrix.result(key, target)
     finally:
         torch.set_num_threads(previous)
-    check_passed(result, target)
+    check_passed(result, target, on_plan_grid=key.split("@")[0] not in FUSED_IN_TFLITE)
 
 
 # ---- explicit forms ----

@@ -106,7 +106,7 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
 
     from .attention_ops import rewrite_attention_ops
     from .hardsigmoid import spell_hardsigmoid_with_float_constants
-    from .reductions import spell_means_with_keepdim
+    from .token_ops import requantize_concat_inputs, spell_means_with_keepdim, spell_selects_as_slices
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -120,6 +120,8 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
         if prepare is not None:
             prepare(exported.graph_module)
         means = spell_means_with_keepdim(exported.graph_module)  # after prepare: its quantize pairs are final
+        selects = spell_selects_as_slices(exported.graph_module)
+        concats = requantize_concat_inputs(exported.graph_module)
         with _capture_reasons() as why:
             try:
                 edge = to_edge_transform_and_lower(
@@ -135,4 +137,4 @@ def export_program(module: Any, example: Any, path: Path, metadata: dict[str, An
     return {"route": "torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch",
             "delegation": report, "metadata_method": METADATA_METHOD,
             "hardsigmoid_float_constants": hardsigmoids, "attention_rewrites": attention,
-            "means_with_keepdim": means}
+            "means_with_keepdim": means, "selects_as_slices": selects, "concat_inputs_requantized": concats}
