@@ -260,6 +260,8 @@ def test_the_compiled_model_is_refused_here_in_one_line(digits_run, trained_digi
     result = CliRunner().invoke(app, ["inspect", str(compiled)])
     assert result.exit_code == 2 and "uses the custom op 'ethos-u'" in result.stderr
     assert "\n" not in result.stderr.strip()
+    again = CliRunner().invoke(app, ["check", str(compiled), "--target", "ethos-u55"])
+    assert again.exit_code == 2 and "is already compiled by Vela" in again.stderr
 
 
 def test_the_integer_artifact_validates_again(digits_run, trained_digits):
@@ -292,10 +294,15 @@ def test_sizes_parse_in_binary_and_decimal_units():
 @pytest.mark.slow  # conv_small at 224 px: ~1.5 min of plan + conversion on 2 cores
 def test_conv_small_at_full_size_runs_wholly_on_the_u55_and_u85(tmp_path):
     make_images(tmp_path / "calib", 16, size=(256, 256))
+    said: list[str] = []
     report = export("conv_small", "ethos-u55,ethos-u85", tmp_path / "out", golden_count=3,
-                    calib_data=tmp_path / "calib", options=ExportOptions(strict=True, ethos_sram="2MiB"), **QUIET)
+                    calib_data=tmp_path / "calib", options=ExportOptions(strict=True, ethos_sram="2MiB"),
+                    log=said.append)
     assert report.exit_code == 0, [(r.target, r.failures, r.reason) for r in report.results]
+    # no tflite-int8 in the run: the integer model is converted once for both targets
+    assert sum(line.startswith("full-integer tflite:") for line in said) == 1
     for name in ("ethos-u55", "ethos-u85"):
+        assert report.result(name).metadata["full_integer_source"] == "converted for this run's accelerator targets"
         vela = report.result(name).metadata["vela"]
         assert vela["fully_mapped"] and vela["counts"]["on_npu"] >= 59
         assert vela["memory"]["sram_bytes"] <= 2 * 1024 ** 2 and vela["memory"]["offchip_bytes"] > 3e6

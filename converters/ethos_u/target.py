@@ -28,7 +28,7 @@ from ..tflite.int8_target import BACKENDS, embed_contract, nhwc_full_integer, re
 from ..tflite.io_types import IO_DTYPE, check_io_dtype
 from ..tflite.runtime import TfliteArtifacts
 from .configs import OPTIONS, VelaSettings, settings_for
-from .report import VelaReport, vela_report
+from .report import NPU_OP, VelaReport, vela_report
 from .vela import require_vela, run_vela
 
 _IO_DTYPES = ("int8", "uint8")
@@ -107,10 +107,15 @@ class EthosUConverter(TfliteArtifacts):
         """`mnv4-deploy check`: Vela on any .tflite at this target's default settings, the same table."""
         import tempfile
 
+        from converters.tflite.flatbuffer import read_tflite
+
         if compiler_log is not None:
             raise UsageError(f"target {self.info.name} runs Vela itself; --compiler-log is for edgetpu_compiler logs",
                              "drop --compiler-log")
         require_vela(self.info.name)
+        if any(op.op == NPU_OP for op in read_tflite(Path(path)).ops):
+            raise UsageError(f"{Path(path).name} is already compiled by Vela (it holds an ethos-u custom op)",
+                             "check the integer TFLite it was compiled from")
         settings = self.settings(ExportOptions())
         with tempfile.TemporaryDirectory(prefix="mnv4-vela-") as tmp:
             report = vela_report(Path(path), run_vela(Path(path), Path(tmp), settings, self.info.name), settings)
