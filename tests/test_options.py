@@ -66,7 +66,8 @@ def test_every_builtin_target_declares_its_options_as_data():
     assert not set(declared) & set(CORE_OPTIONS)
     owners = option_owners()
     ethos = {"ethos-u55", "ethos-u65", "ethos-u85"}
-    assert set(owners["strict"]) == {"edgetpu", "bpu-x3", "bpu-x5"} | ethos  # one option, three families, one meaning
+    rknn = {"rknn", "rknn-int8"}
+    assert set(owners["strict"]) == {"edgetpu", "bpu-x3", "bpu-x5"} | ethos | rknn  # one option, four families, one meaning
     assert set(owners["io_dtype"]) == {"tflite-int8", "edgetpu"} | ethos
     assert {"onnx", "onnx-int8", "bpu-x5"} <= set(owners["opset"])
     for name in find_targets():
