@@ -220,7 +220,8 @@ class Report:
             lines.append(f"evaluation: {ev['count']} labeled images from {ev['source']}; reference top-1 "
                          f"{ev['reference_top1']:.2f}, top-5 {ev['reference_top5']:.2f}")
         overflow = ((self.quantization or {}).get("plan") or {}).get("overflow")
-        if overflow:
+        x86 = any("x86_without_vnni" in r.metadata for r in self.results)  # a target ran x86 int8 kernels
+        if overflow and (x86 or overflow["mode"] != "off"):
             lines.append(f"int8 plan, overflow fix {overflow['mode']}: {overflow['seven_bit_channels']} of "
                          f"{overflow['channels']} GEMM-run channels at 7 bits; {overflow['verdict']}")
         fallback = (self.quantization or {}).get("fallback")

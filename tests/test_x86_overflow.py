@@ -176,3 +176,17 @@ def test_the_fix_is_on_by_default_only_for_targets_running_x86_int8_kernels():
     assert overflow_fix_mode(None, [target(False), target(True)]) == "auto"
     assert overflow_fix_mode(None, [target(False)]) == "off"
     assert overflow_fix_mode("all", [target(False)]) == "all" and overflow_fix_mode("off", [target(True)]) == "off"
+
+
+def test_the_report_states_the_plans_x86_verdict_only_where_it_applies(digits_without_fix):
+    """A run with an x86 int8 target says whether its plan can saturate there; a run without one is quiet."""
+    import copy
+
+    report, _ = digits_without_fix
+    lines = [line for line in report.summary_lines() if line.startswith("int8 plan, overflow fix off")]
+    assert len(lines) == 1 and "layers may saturate int16 pair sums on x86 CPUs without VNNI" in lines[0]
+    assert "judged on:" in report.to_markdown() and report.to_dict()["host"]["int8_class"]
+    other = copy.deepcopy(report)  # the same plan judged only by targets that widen before multiplying
+    for result in other.results:
+        result.metadata.pop("x86_without_vnni", None)
+    assert not [line for line in other.summary_lines() if line.startswith("int8 plan")]
