@@ -79,6 +79,22 @@ def test_arrays_and_json_round_trip_and_vendor_output_goes_to_the_log(handler, t
     assert not exchange.exists()
 
 
+def test_a_session_kept_open_until_the_interpreter_exits_leaves_no_folder(handler, tmp_path):
+    """The rknn runner keeps the build's worker alive past the export and never closes it: at exit the worker
+    ends and its exchange folder (where the vendor toolkit drops its files) goes with it."""
+    import subprocess
+
+    script = (f"import sys; from pathlib import Path; from mnv4_deploy.toolchains.session import WorkerSession\n"
+              f"kept = WorkerSession(Path(sys.executable), Path({str(handler)!r}), owner='t', "
+              f"log_file=Path({str(tmp_path / 'w.log')!r}))\n"
+              f"(kept.exchange / 'check0_base_optimize.onnx').write_bytes(b'x')\nprint(kept.exchange, kept.proc.pid)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    folder, pid = done.stdout.split()
+    assert not Path(folder).exists()
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
 @pytest.mark.parametrize("command,error,text", [
     ("fail", DeployError, "test-target (fake worker): fail failed: ValueError: the vendor says no"),
     ("usage", UsageError, "usage failed: Problem: bad input"),

@@ -35,8 +35,19 @@ PROTOCOL = 1
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """End the worker and everything it started (it leads its own process group)."""
+def _stop(proc: subprocess.Popen, exchange: Path) -> None:
+    """End the worker and everything it started (it leads its own process group), then remove its folder.
+
+    Also run at interpreter exit for a worker kept alive past its export (the rknn runner reuses the
+    build's worker), whose folder would otherwise stay behind in the temp dir with the toolkit's files.
+    """
+    try:
+        _end_process(proc)
+    finally:
+        shutil.rmtree(exchange, ignore_errors=True)
+
+
+def _end_process(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
     try:
@@ -95,7 +106,7 @@ class WorkerSession:
             self._log.close()
             raise UsageError(f"{owner}: cannot start {python} ({exc.strerror or exc})",
                              "check the toolchain path") from None
-        self._finalizer = weakref.finalize(self, _stop, self.proc)
+        self._finalizer = weakref.finalize(self, _stop, self.proc, self.exchange)
         hello = self._read_reply("start", start_timeout)
         if not hello.get("ok"):
             self.close()
@@ -183,7 +194,6 @@ class WorkerSession:
         self._finalizer()
         if not self._log.closed:
             self._log.close()
-        shutil.rmtree(self.exchange, ignore_errors=True)
 
     def __enter__(self) -> "WorkerSession":
         return self
