@@ -92,7 +92,7 @@ def rknn_rows(work: Path, pipeline: dict, calib_dir: Path, heldout_dir: Path, pl
     from converters.rknn.toolchain import open_session
 
     contract, calib, heldout = _images(calib_dir, heldout_dir)
-    config = toolkit_config(contract, platform)
+    config = toolkit_config(contract, platform, False)  # Rockchip's quantizer builds the float ONNX
     pixels = to_pixels(heldout.tensors, config["mean"], config["std"])
     float_onnx = Path(pipeline["float_onnx"])
     shape = [1, 3, *contract.crop_size]
@@ -109,7 +109,8 @@ def rknn_rows(work: Path, pipeline: dict, calib_dir: Path, heldout_dir: Path, pl
         started = time.time()
         with open_session("rknn-int8", session_log("rknn-int8")) as session:
             session.call("build", {"onnx": str(bundle / manifest["onnx"]["file"]), "input_name": "input",
-                                   "input_shape": shape, **config}, timeout=3600)
+                                   "input_shape": shape, **config,
+                                   "optimization_level": manifest["config"]["optimization_level"]}, timeout=3600)
             logits = _simulate(session, pixels)
         return _row("rknn-int8", "ours: the plan's QDQ ONNX, toolkit scales kept (rknn-int8)", reference, logits,
                     labels, time.time() - started, {"logits_sha": _sha(logits)})

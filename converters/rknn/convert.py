@@ -22,6 +22,7 @@ from . import bundle as bundle_files
 from .layers import placement, placement_table
 from .platforms import get_platform
 from .run import keep_live, session_log, to_pixels, toolkit_config
+from .spelling import write_toolkit_onnx
 from .toolchain import open_session
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 OPSET = 17  # rknn-toolkit2 2.5.0 loads opsets up to 19; 17 is what the QDQ writer and OpenVINO use
 BUILD_TIMEOUT_S = 1800.0
 ANALYSIS_IMAGES = 1  # the toolkit dumps every layer of every image as text (~100 MB per 224 px image)
+SPELLING_WHY = ("rknn-toolkit2 re-rounds any tensor whose zero point is 0 onto a grid 128/127 coarser; weights are "
+                "written with zero point -1 (the same values) and activation scales at zero point 0/128 times "
+                "127/128 (the toolkit multiplies them back): converters/rknn/spelling.py")
 NOT_REPRODUCIBLE = ("rknn-toolkit2 2.5.0 writes process memory (heap addresses) into the .rknn: two builds of the "
                     "same ONNX differ in about 1,600 bytes; the ONNX and every other bundle file are deterministic")
 
@@ -41,9 +45,16 @@ def _onnx(conv: "RknnConverter", job: ConvertJob, path: Path, full_integer: bool
         if job.plan is None:
             raise UsageError(f"target {conv.info.name} needs calibration images", "pass --calib-data DIR")
         plan = job.plan.with_quantized_output() if full_integer else job.plan
-        export_qdq_onnx(plan, path, job.example, opset=OPSET, weight_dtype="int8")
+        plain = job.workdir / f".{path.stem}.plan-qdq.onnx"
+        try:
+            export_qdq_onnx(plan, plain, job.example, opset=OPSET, weight_dtype="int8")
+            spelling = write_toolkit_onnx(plain, path)
+        finally:
+            plain.unlink(missing_ok=True)
         return {"source": "the run's int8 plan as QDQ ONNX (export_qdq_onnx, int8 weights)"
-                          + (", logits quantized (full integer)" if full_integer else ""),
+                          + (", logits quantized (full integer)" if full_integer else "")
+                          + ", spelled so that rknn-toolkit2 keeps its numbers exactly",
+                "toolkit_spelling": {**spelling, "why": SPELLING_WHY},
                 "plan_sha256": plan.sha256, "float_layers": list(plan.float_layers)}
     from converters.onnx import export_float_onnx
 
@@ -56,7 +67,7 @@ def _analysis_pixels(job: ConvertJob) -> np.ndarray:
     held = job.evaluation.batch.tensors if job.evaluation is not None else None
     source = held if held is not None and len(held) else (
         job.calibration.tensors if job.calibration is not None else job.example.numpy())
-    config = toolkit_config(job.contract, job.options.rknn_platform)
+    config = toolkit_config(job.contract, job.options.rknn_platform, False)
     return to_pixels(np.asarray(source[:ANALYSIS_IMAGES], np.float32), config["mean"], config["std"])
 
 
@@ -67,7 +78,7 @@ def convert(conv: "RknnConverter", job: ConvertJob) -> Artifact:
     path.mkdir()
     onnx_file, rknn_file = f"{job.stem}.onnx", f"{job.stem}.rknn"
     source = _onnx(conv, job, path / onnx_file, full_integer)
-    config = toolkit_config(job.contract, platform.name)
+    config = toolkit_config(job.contract, platform.name, conv.int8)
     session = open_session(conv.info.name, session_log(conv.info.name), job.options.rknn_python)
     try:
         job.log(f"{conv.info.name}: rknn-toolkit2 {session.hello.get('rknn_toolkit2')} builds {onnx_file} for "
