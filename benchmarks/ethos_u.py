@@ -112,7 +112,7 @@ def ensure_model(model: str, size: int, calib: Path, work: Path, trained: bool =
 # ---- Vela on the integer models -------------------------------------------------------------
 def vela_cell(tflite: str, config: str, **options: Any) -> dict[str, Any]:
     """Vela's verdict on one model for one configuration (Vela's defaults for the family)."""
-    from converters.ethos_u import run_vela, settings_for, vela_report
+    from mnv4_deploy.converters.ethos_u import run_vela, settings_for, vela_report
     from mnv4_deploy.registry import ExportOptions
 
     family = config.split("-")[0]
@@ -225,7 +225,7 @@ def main() -> None:
     weights = {"random": model(WEIGHTS_MODEL, 224), "trained": model(WEIGHTS_MODEL, 224, trained=True)}
     for row in weights.values():
         row["vela"] = {c: vela_cell(row["tflite"], c) for c in ("u55-128", "u85-256") if row["tflite"]}
-    from converters.ethos_u.vela import vela_version
+    from mnv4_deploy.converters.ethos_u.vela import vela_version
 
     data = {"vela": vela_version(), "host": cpu_facts(), "calibration": str(calib), "calib_size": CALIB_SIZE,
             "columns": COLUMNS, "family": family, "fit": fit, "reference": reference, "weights": weights,

@@ -62,7 +62,7 @@ def _litert(path: str) -> Callable[[], Any]:
 def _executorch(path: str) -> Callable[[], Any]:
     import torch
 
-    from converters.executorch.runtime import load_program, set_threads
+    from mnv4_deploy.converters.executorch.runtime import load_program, set_threads
 
     set_threads(THREADS)
     program = load_program(Path(path))
@@ -72,7 +72,7 @@ def _executorch(path: str) -> Callable[[], Any]:
 
 
 def _openvino(path: str) -> Callable[[], Any]:
-    from converters.openvino.ir import compile_ir
+    from mnv4_deploy.converters.openvino.ir import compile_ir
 
     compiled = compile_ir(Path(path), threads=THREADS)
     request = compiled.create_infer_request()

@@ -31,7 +31,7 @@ def _calls(folder: Path, targets: tuple[str, ...], spinning: tuple[bool, ...]) -
     import numpy as np
 
     sys.path.insert(0, str(REPO))
-    from converters.onnx import ort_runner
+    from mnv4_deploy.converters.onnx import ort_runner
 
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     calls = {}

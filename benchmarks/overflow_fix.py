@@ -48,7 +48,7 @@ def _metrics(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> d
 
 
 def _capped_logits(xml: Path, x: np.ndarray) -> np.ndarray:
-    from converters.openvino.ir import capped_ir_runner
+    from mnv4_deploy.converters.openvino.ir import capped_ir_runner
 
     return capped_ir_runner(xml).run(x).reshape(len(x), -1)
 
@@ -62,7 +62,7 @@ def our_rows(work: Path, prepared: Any, calib: np.ndarray, x: np.ndarray, labels
     """Each mode: the plan's emulation, and its openvino-int8 IR on both kernel classes."""
     import torch
 
-    from converters.openvino.ir import onnx_to_ir
+    from mnv4_deploy.converters.openvino.ir import onnx_to_ir
     from mnv4_deploy.batches import run_chunked
     from mnv4_deploy.quant import build_plan
     from mnv4_deploy.quant.onnx_qdq import export_qdq_onnx
@@ -151,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from converters.onnx import export_float_onnx
+    from mnv4_deploy.converters.onnx import export_float_onnx
     from mnv4_deploy.batches import run_chunked
     from mnv4_deploy.calibration_stream import calibration_set
     from mnv4_deploy.data import labeled_batch

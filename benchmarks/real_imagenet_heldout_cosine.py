@@ -26,7 +26,7 @@ import real_imagenet as bench  # noqa: E402
 
 def _logits(path: Path, x: np.ndarray) -> np.ndarray:
     if path.suffix == ".pte":
-        from converters.executorch.runtime import pte_runner, set_threads
+        from mnv4_deploy.converters.executorch.runtime import pte_runner, set_threads
 
         set_threads(bench.THREADS)
         return pte_runner(path).run(x)

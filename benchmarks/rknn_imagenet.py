@@ -88,8 +88,8 @@ def _simulate(session: Any, pixels: np.ndarray, chunk: int = 50) -> np.ndarray:
 
 def rknn_rows(work: Path, pipeline: dict, calib_dir: Path, heldout_dir: Path, platform: str,
               mmse_images: int) -> dict:
-    from converters.rknn.run import session_log, to_pixels, toolkit_config
-    from converters.rknn.toolchain import open_session
+    from mnv4_deploy.converters.rknn.run import session_log, to_pixels, toolkit_config
+    from mnv4_deploy.converters.rknn.toolchain import open_session
 
     contract, calib, heldout = _images(calib_dir, heldout_dir)
     config = toolkit_config(contract, platform, False)  # Rockchip's quantizer builds the float ONNX

@@ -77,7 +77,7 @@ def _merge(base: dict, override: Mapping) -> dict:
 
 
 def shipped_recipe_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("quant_configs").iterdir() if p.name.endswith(".yaml")
+    return sorted(p.name[:-5] for p in resources.files("mnv4_deploy.quant_configs").iterdir() if p.name.endswith(".yaml")
                   and not p.name.startswith("bpu_"))
 
 
@@ -101,7 +101,7 @@ def _raw(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict:
         name = str(name_or_path)
         if name not in shipped_recipe_names():
             raise UsageError(f"unknown recipe {name!r}", f"shipped recipes: {', '.join(shipped_recipe_names())}")
-        source, text = f"quant_configs/{name}.yaml", resources.files("quant_configs").joinpath(f"{name}.yaml").read_text()
+        source, text = f"quant_configs/{name}.yaml", resources.files("mnv4_deploy.quant_configs").joinpath(f"{name}.yaml").read_text()
     data = _read_yaml(text, source)
     _check(data, SCHEMA, "", source)
     parent = data.get("extends")

@@ -40,7 +40,7 @@ def sleep_until_interrupted(ready: str, unit_dir: str) -> str:
 
 def main() -> None:
     ready = Path(sys.argv[1])
-    import converters.onnx as onnx_converter
+    import mnv4_deploy.converters.onnx as onnx_converter
 
     def blocking_convert(self, job):
         (job.workdir / "partial.onnx").write_bytes(b"half of a model")

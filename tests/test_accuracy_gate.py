@@ -45,7 +45,7 @@ def test_faithful_artifact_keeps_accuracy(self_labeled, tmp_path):
 
 
 def test_drop_over_budget_is_exit_4_with_its_interval(self_labeled, tmp_path, monkeypatch):
-    import converters.onnx as onnx_conv
+    import mnv4_deploy.converters.onnx as onnx_conv
 
     real = onnx_conv.ort_runner
 

@@ -171,7 +171,7 @@ def test_a_model_fx_cannot_trace_is_refused_for_int8_naming_the_layer():
 
 
 def test_transposed_matmuls_are_reordered_with_the_same_function():
-    from converters.tflite.matmul_order import reorder_transposed_matmuls
+    from mnv4_deploy.converters.tflite.matmul_order import reorder_transposed_matmuls
 
     model, x = zoo.build("at-transposed", "alone"), torch.randn(1, 3, 16, 16)
     gm = torch.export.export(model, (x,), strict=False).module()
@@ -186,7 +186,7 @@ def test_an_op_litert_cannot_prepare_is_named_with_the_target_and_our_layer(tmp_
     """Without the reorder, LiteRT's FULLY_CONNECTED check fails after conversion; the error names the
     target, the op and the bridge's module path, with LiteRT's text as detail."""
     pytest.importorskip("litert_torch")
-    import converters.tflite.convert as convert
+    import mnv4_deploy.converters.tflite.convert as convert
     from mnv4_deploy.errors import DeployError
 
     monkeypatch.setattr(convert, "convertible_module", lambda model, example: (model, []))

@@ -12,12 +12,12 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from converters.bpu import nv12
-from converters.bpu.calibration import (MIN_IMAGES, calibration_file_name, read_calibration_file,
+from mnv4_deploy.converters.bpu import nv12
+from mnv4_deploy.converters.bpu.calibration import (MIN_IMAGES, calibration_file_name, read_calibration_file,
                                         write_calibration_files)
-from converters.bpu.march import check_onnx_ops, get_march, load_march_table
-from converters.bpu.readme import NOT_MEASURED, render_readme
-from converters.bpu.yaml_config import hb_config_dict, render_hb_config, validate_hb_config
+from mnv4_deploy.converters.bpu.march import check_onnx_ops, get_march, load_march_table
+from mnv4_deploy.converters.bpu.readme import NOT_MEASURED, render_readme
+from mnv4_deploy.converters.bpu.yaml_config import hb_config_dict, render_hb_config, validate_hb_config
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.preprocess import Preprocess
 

@@ -18,12 +18,12 @@ import yaml
 from conftest import SMALL, make_images
 from test_int8_pipeline import INT8_BOUND
 
-from converters.bpu import bundle as bundle_files
-from converters.bpu.calibration import read_calibration_file
-from converters.bpu.forecast import nv12_tensors, to_pixels
-from converters.bpu.hb_log import parse_hb_mapper_log
-from converters.bpu.toolchain import run_hb_mapper
-from converters.bpu.yaml_config import validate_hb_config
+from mnv4_deploy.converters.bpu import bundle as bundle_files
+from mnv4_deploy.converters.bpu.calibration import read_calibration_file
+from mnv4_deploy.converters.bpu.forecast import nv12_tensors, to_pixels
+from mnv4_deploy.converters.bpu.hb_log import parse_hb_mapper_log
+from mnv4_deploy.converters.bpu.toolchain import run_hb_mapper
+from mnv4_deploy.converters.bpu.yaml_config import validate_hb_config
 from mnv4_deploy import export
 from mnv4_deploy.errors import UsageError
 from mnv4_deploy.preprocess import Preprocess

@@ -155,7 +155,7 @@ def test_unexpected_failure_is_exit_1_with_a_debug_hint(tmp_path, monkeypatch):
 
 
 def test_export_failure_keeps_going_and_reports_it(tmp_path, monkeypatch):
-    import converters.onnx as onnx_conv
+    import mnv4_deploy.converters.onnx as onnx_conv
 
     def fail(*_a, **_k):
         raise ValueError("converter exploded")

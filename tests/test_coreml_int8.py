@@ -13,15 +13,15 @@ import sys
 import numpy as np
 import pytest
 
-from converters.coreml_mil import import_coremltools
+from mnv4_deploy.converters.coreml_mil import import_coremltools
 
 import_coremltools()  # the one safe import: hides TensorFlow (TF before triton segfaults)
 ct = pytest.importorskip("coremltools")
 
-from converters.coreml import COREML_INT8, NOTES_KEY, describe_mlpackage  # noqa: E402
-from converters.coreml import compute_units  # noqa: E402
-from converters.coreml.w8a8 import convert_plan, verify_plan_weights  # noqa: E402
-from converters.coreml_mil import OP_TABLE, MilExecutor  # noqa: E402
+from mnv4_deploy.converters.coreml import COREML_INT8, NOTES_KEY, describe_mlpackage  # noqa: E402
+from mnv4_deploy.converters.coreml import compute_units  # noqa: E402
+from mnv4_deploy.converters.coreml.w8a8 import convert_plan, verify_plan_weights  # noqa: E402
+from mnv4_deploy.converters.coreml_mil import OP_TABLE, MilExecutor  # noqa: E402
 from mnv4_deploy import export  # noqa: E402
 from mnv4_deploy.errors import DeployError, UsageError  # noqa: E402
 from mnv4_deploy.recipes import load_recipe  # noqa: E402

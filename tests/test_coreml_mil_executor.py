@@ -1,4 +1,4 @@
-"""The NumPy reference executor for saved Core ML ML Programs (converters.coreml_mil).
+"""The NumPy reference executor for saved Core ML ML Programs (mnv4_deploy.converters.coreml_mil).
 
 Op by op (tiny torch modules through the torch.export path, or MIL Builder programs where
 torch cannot produce the op), end to end on MobileNet-V4 (fp32 / fp16 / W8), and errors.
@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from converters.coreml_mil import (
+from mnv4_deploy.converters.coreml_mil import (
     OP_TABLE,
     BadInputError,
     CorruptModelError,

@@ -1,7 +1,7 @@
 """Core ML targets: `coreml` (fp16), `coreml-fp32` and `coreml-w8` (64 px inputs).
 
 Parity runs where the artifact can run: Core ML's `MLModel.predict` on macOS, the NumPy ML
-Program executor (`converters.coreml_mil`) elsewhere. `coreml-w8` is held to the int8 bounds
+Program executor (`mnv4_deploy.converters.coreml_mil`) elsewhere. `coreml-w8` is held to the int8 bounds
 on a really trained MNv4, and on random weights also to "it computes its recipe": its logits
 against PyTorch with the same int8 weights (random networks amplify rounding error, so the
 float distance of a random model says more about the init than about the converter).
@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.coreml_mil import import_coremltools
+from mnv4_deploy.converters.coreml_mil import import_coremltools
 
 import_coremltools()  # the one safe import: hides TensorFlow (TF before triton segfaults)
 ct = pytest.importorskip("coremltools")
 
-from converters.coreml import (COREML_FP16, COREML_FP32, COREML_W8, CONTRACT_KEY, LABELS_KEY,  # noqa: E402
+from mnv4_deploy.converters.coreml import (COREML_FP16, COREML_FP32, COREML_W8, CONTRACT_KEY, LABELS_KEY,  # noqa: E402
                                LINUX_RUNTIME, TARGETS as DEPLOYMENT_TARGETS, describe_mlpackage,
                                image_input_for, read_embedded_contract, to_pixels, with_channel_ratios)
-from converters.coreml.convert import save_package  # noqa: E402
-from converters.coreml.deployment import canonical_name  # noqa: E402
+from mnv4_deploy.converters.coreml.convert import save_package  # noqa: E402
+from mnv4_deploy.converters.coreml.deployment import canonical_name  # noqa: E402
 from mnv4_deploy import export  # noqa: E402
 from mnv4_deploy.errors import ArtifactUnreadable, DeployError, UsageError  # noqa: E402
 from mnv4_deploy.pipeline import prepare_model, validate_artifact  # noqa: E402
@@ -242,7 +242,7 @@ def test_mac_runner_feeds_uint8_images(runs, monkeypatch):
     import torch
     from PIL import Image
 
-    from converters.coreml_mil import MilExecutor
+    from mnv4_deploy.converters.coreml_mil import MilExecutor
 
     report, out = runs("conv_small", "coreml-fp32,coreml", image_input=True, min_target=None)
     path = out / report.result("coreml").artifact
@@ -266,7 +266,7 @@ def test_mac_runner_feeds_uint8_images(runs, monkeypatch):
             return real_mlmodel(model_path, skip_model_load=True)
         return FakeMLModel(model_path, compute_units)
 
-    from converters.coreml import runtime
+    from mnv4_deploy.converters.coreml import runtime
 
     monkeypatch.setattr(runtime, "on_macos", lambda: True)
     monkeypatch.setattr(ct.models, "MLModel", mlmodel)
@@ -443,7 +443,7 @@ def test_a_corrupt_package_is_a_clear_error(damage, message, runs, tmp_path):
 def test_on_macos_core_ml_is_judged_and_the_reference_executor_cross_checks_it(monkeypatch, tmp_path):
     """Linux cannot run MLModel.predict; a stand-in 'Core ML' (the executor, off by 0.1%) shows the
     wiring: Core ML's result is judged, the executor's parity is reported beside it."""
-    from converters.coreml import runtime
+    from mnv4_deploy.converters.coreml import runtime
     from mnv4_deploy.registry import Runner
 
     def fake_core_ml(path, input_name, output_name, contract, bgr):

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import edgetpu as etc
-from converters.tflite import flatbuffer
+from mnv4_deploy.converters import edgetpu as etc
+from mnv4_deploy.converters.tflite import flatbuffer
 
 FIXTURE_LOG = Path(__file__).parent / "fixtures" / "edgetpu_compiler.log"
 CONV_NET_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"}
@@ -149,19 +149,19 @@ def test_missing_file_is_refused(tmp_path):
 
 def test_tflite_float_op_reader_does_not_load_the_edgetpu_package(models):
     """tflite -> edgetpu -> tflite was a package cycle hidden in a function-level import: the reader
-    now lives in converters.tflite, so the full-integer check runs without converters.edgetpu."""
+    now lives in mnv4_deploy.converters.tflite, so the full-integer check runs without mnv4_deploy.converters.edgetpu."""
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from converters.tflite.full_integer import float_ops\n"
-        "from converters.tflite.flatbuffer import NotAFlatbufferError\n"
+        "from mnv4_deploy.converters.tflite.full_integer import float_ops\n"
+        "from mnv4_deploy.converters.tflite.flatbuffer import NotAFlatbufferError\n"
         "found = float_ops(Path(sys.argv[1]))\n"
         "try:\n"
         "    float_ops(Path(sys.argv[2]))\n"
         "    refused = None\n"
         "except NotAFlatbufferError as exc:\n"
         "    refused = [type(exc).__module__, exc.exit_code]\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('converters.edgetpu'))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('mnv4_deploy.converters.edgetpu'))\n"
         "print(json.dumps({'found': found, 'refused': refused, 'loaded': loaded}))\n"
     )
     bad = models["float"].parent / "not-a-model.tflite"
@@ -171,7 +171,7 @@ def test_tflite_float_op_reader_does_not_load_the_edgetpu_package(models):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["found"] and result["found"][0].startswith("#0 CONV_2D"), result["found"]
-    assert result["refused"] == ["converters.tflite.flatbuffer", 2]
+    assert result["refused"] == ["mnv4_deploy.converters.tflite.flatbuffer", 2]
     assert result["loaded"] == []
 
 

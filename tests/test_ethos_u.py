@@ -37,7 +37,7 @@ CONFIGS = "u55-128,u65-512,u85-256"  # one per family, not the defaults: Vela mu
 
 
 def _ops(path: Path) -> list[str]:
-    from converters.tflite.flatbuffer import read_tflite
+    from mnv4_deploy.converters.tflite.flatbuffer import read_tflite
 
     return [op.op for op in read_tflite(path).ops]
 
@@ -72,7 +72,7 @@ def test_digits_pass_on_all_three_targets_with_the_int8_accuracy_and_plan(digits
 
 def test_the_integer_model_is_tflite_int8_with_int8_io(digits_run, trained_digits):
     """The model Vela gets computes the same logits as tflite-int8: only the I/O conversions differ."""
-    from converters.tflite import litert_runner
+    from mnv4_deploy.converters.tflite import litert_runner
 
     report, out = digits_run
     x = trained_digits.x_heldout[:32]
@@ -113,7 +113,7 @@ def test_vela_outputs_sit_beside_the_artifact_and_the_report_reads_them(digits_r
 
 
 def test_vela_compiles_the_same_bytes_again(digits_run, tmp_path):
-    from converters.ethos_u import run_vela, settings_for
+    from mnv4_deploy.converters.ethos_u import run_vela, settings_for
 
     report, out = digits_run
     result = report.result("ethos-u65")
@@ -127,7 +127,7 @@ def test_vela_compiles_the_same_bytes_again(digits_run, tmp_path):
 def test_defaults_are_velas_own_and_the_sram_budget_becomes_the_arena_cache():
     from ethosu.vela import architecture_features as af
 
-    from converters.ethos_u import VELA_DEFAULTS, settings_for
+    from mnv4_deploy.converters.ethos_u import VELA_DEFAULTS, settings_for
 
     for family, (system_config, memory_mode) in VELA_DEFAULTS.items():
         arch = af.ArchitectureFeatures(vela_config_files=None, system_config=af.ArchitectureFeatures.DEFAULT_CONFIG,
@@ -146,7 +146,7 @@ def test_defaults_are_velas_own_and_the_sram_budget_becomes_the_arena_cache():
 
 
 def test_system_configs_and_memory_modes_are_those_of_the_installed_vela_ini():
-    from converters.ethos_u import MEMORY_MODES, SYSTEM_CONFIGS
+    from mnv4_deploy.converters.ethos_u import MEMORY_MODES, SYSTEM_CONFIGS
 
     package = Path(list(importlib.util.find_spec("ethosu").submodule_search_locations)[0])  # a namespace package
     ini = configparser.ConfigParser()
@@ -205,8 +205,8 @@ def test_check_runs_vela_on_any_tflite_and_names_each_cpu_fallback_with_velas_re
 
 
 def test_strict_names_the_first_cpu_op_and_a_budget_miss_names_the_sizes(digits_run, tmp_path):
-    from converters.ethos_u import MemoryBudgetExceeded, run_vela, settings_for, vela_report
-    from converters.ethos_u.target import refuse_if_strict_or_over_budget
+    from mnv4_deploy.converters.ethos_u import MemoryBudgetExceeded, run_vela, settings_for, vela_report
+    from mnv4_deploy.converters.ethos_u.target import refuse_if_strict_or_over_budget
 
     path = _float_io_copy(digits_run, tmp_path)
     settings = settings_for("u55", ExportOptions(ethos_sram="1KiB", ethos_flash="2KiB"), "ethos-u55")
@@ -240,8 +240,8 @@ def test_an_export_over_the_sram_budget_fails_with_exit_3_and_leaves_nothing(tra
 
 def test_uint8_io_stays_on_the_npu(digits_run, tmp_path):
     """--io-dtype uint8 (camera pixels): the uint8 -> int8 requantization runs on the NPU too."""
-    from converters.ethos_u import ETHOS_U55
-    from converters.tflite.io_types import set_io_dtype
+    from mnv4_deploy.converters.ethos_u import ETHOS_U55
+    from mnv4_deploy.converters.tflite.io_types import set_io_dtype
 
     report, out = digits_run
     path = tmp_path / "digits.uint8.tflite"
@@ -275,13 +275,13 @@ def test_the_integer_artifact_validates_again(digits_run, trained_digits):
 
 
 def test_missing_vela_names_the_extra(monkeypatch):
-    from converters.ethos_u import ETHOS_U65
+    from mnv4_deploy.converters.ethos_u import ETHOS_U65
 
     check_missing_backend_names_the_extra(monkeypatch, ETHOS_U65, "ethosu", "ethos")
 
 
 def test_sizes_parse_in_binary_and_decimal_units():
-    from converters.ethos_u import parse_size
+    from mnv4_deploy.converters.ethos_u import parse_size
 
     assert [parse_size(t, "--x") for t in ("512KiB", "1MiB", "2MB", "262144", "1.5 MiB", None)] == [
         524288, 1048576, 2_000_000, 262144, 1572864, None]

@@ -68,7 +68,7 @@ def test_validate_rejudges_the_program_and_names_another_model(digits_run, train
 
 
 def test_corrupt_programs_are_refused_in_one_line(tmp_path):
-    from converters.executorch.lower import export_program
+    from mnv4_deploy.converters.executorch.lower import export_program
 
     model, x = _WithCumsum.build()
     whole = tmp_path / "whole.pte"
@@ -84,7 +84,7 @@ def test_corrupt_programs_are_refused_in_one_line(tmp_path):
 
 
 def test_missing_backend_names_the_extra(monkeypatch):
-    from converters.executorch import EXECUTORCH_INT8
+    from mnv4_deploy.converters.executorch import EXECUTORCH_INT8
 
     check_missing_backend_names_the_extra(monkeypatch, EXECUTORCH_INT8, "executorch", "executorch")
 
@@ -110,9 +110,9 @@ class _WithCumsum:
 
 
 def test_a_portable_op_is_reported_and_refused_for_int8(tmp_path):
-    from converters.executorch import refuse_portable_compute
-    from converters.executorch.lower import export_program
-    from converters.executorch.runtime import pte_runner
+    from mnv4_deploy.converters.executorch import refuse_portable_compute
+    from mnv4_deploy.converters.executorch.lower import export_program
+    from mnv4_deploy.converters.executorch.runtime import pte_runner
 
     model, x = _WithCumsum.build()
     facts = export_program(model, x, tmp_path / "cumsum.pte", {"model": "cumsum"})
@@ -159,7 +159,7 @@ def test_hardsigmoid_is_spelled_with_float_constants_bit_identically():
     """PyTorch's decomposition casts int64 constants XNNPACK refuses; the float spelling is the same function."""
     import torch
 
-    from converters.executorch.hardsigmoid import spell_hardsigmoid_with_float_constants
+    from mnv4_deploy.converters.executorch.hardsigmoid import spell_hardsigmoid_with_float_constants
 
     model, x = _HardSigmoidExcite.build()
     exported = torch.export.export(model, (x,), strict=False)
@@ -178,9 +178,9 @@ def test_hardsigmoid_squeeze_excite_is_fully_delegated(tmp_path):
     """Without the float spelling, each gate left two int64 -> float dim_order copies in the portable kernels."""
     import torch
 
-    from converters.executorch import refuse_portable_compute
-    from converters.executorch.lower import export_program
-    from converters.executorch.runtime import pte_runner
+    from mnv4_deploy.converters.executorch import refuse_portable_compute
+    from mnv4_deploy.converters.executorch.lower import export_program
+    from mnv4_deploy.converters.executorch.runtime import pte_runner
 
     model, x = _HardSigmoidExcite.build()
     facts = export_program(model, x, tmp_path / "se.pte", {"model": "se"})
@@ -195,7 +195,7 @@ def test_hardsigmoid_squeeze_excite_is_fully_delegated(tmp_path):
 
 
 def test_program_bytes_are_reproducible(tmp_path):
-    from converters.executorch.lower import export_program
+    from mnv4_deploy.converters.executorch.lower import export_program
 
     model, x = _WithCumsum.build()
     export_program(model, x, tmp_path / "a.pte", {"model": "m"})
@@ -208,7 +208,7 @@ def test_plan_module_computes_the_plan_but_rounding_ties(digits_plans, one_torch
     at rounding ties, the model the same up to them (tests/rounding_ties.py: two kernel paths)."""
     import torch
 
-    from converters.executorch.plan_module import plan_module
+    from mnv4_deploy.converters.executorch.plan_module import plan_module
     from mnv4_deploy.quant.decomposed import DecomposedQDQOps
     from mnv4_deploy.quant.modules import QuantOps
 
@@ -224,7 +224,7 @@ def test_plan_module_computes_the_plan_but_rounding_ties(digits_plans, one_torch
 def test_int8_without_calibration_or_with_float_layers_is_refused(digits_plans):
     from types import SimpleNamespace
 
-    from converters.executorch import _full_integer_plan
+    from mnv4_deploy.converters.executorch import _full_integer_plan
 
     with pytest.raises(UsageError, match="needs calibration images"):
         _full_integer_plan(SimpleNamespace(plan=None), "executorch-int8")
@@ -265,9 +265,9 @@ def test_multi_query_attention_is_rewritten_to_the_same_function_and_fully_deleg
     """Without the rewrite its middle-dim unsqueezes and broadcast matmuls' expands stayed portable."""
     import torch
 
-    from converters.executorch.attention_ops import rewrite_attention_ops
-    from converters.executorch.lower import export_program
-    from converters.executorch.runtime import pte_runner
+    from mnv4_deploy.converters.executorch.attention_ops import rewrite_attention_ops
+    from mnv4_deploy.converters.executorch.lower import export_program
+    from mnv4_deploy.converters.executorch.runtime import pte_runner
 
     model, x = _MultiQueryAttention.build()
     exported = torch.export.export(model, (x,), strict=False)
@@ -291,9 +291,9 @@ def test_contiguous_after_a_quantize_pair_no_longer_hides_an_int8_conv(tmp_path)
     import torch.nn.functional as F
     from torch import nn
 
-    from converters.executorch import refuse_portable_compute
-    from converters.executorch.lower import export_program
-    from converters.executorch.runtime import pte_runner
+    from mnv4_deploy.converters.executorch import refuse_portable_compute
+    from mnv4_deploy.converters.executorch.lower import export_program
+    from mnv4_deploy.converters.executorch.runtime import pte_runner
     from mnv4_deploy.quant.decomposed import register_quantized_decomposed
 
     register_quantized_decomposed()

@@ -219,9 +219,9 @@ def test_hard_sigmoid_becomes_bpu_ops_on_x3_with_the_same_function(tmp_path):
     import numpy as np
     import onnx
 
-    from converters.bpu.march import check_onnx_ops, get_march
-    from converters.bpu.onnx_model import export_bpu_onnx
-    from converters.onnx import ort_runner
+    from mnv4_deploy.converters.bpu.march import check_onnx_ops, get_march
+    from mnv4_deploy.converters.bpu.onnx_model import export_bpu_onnx
+    from mnv4_deploy.converters.onnx import ort_runner
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Hardswish(), torch.nn.Conv2d(8, 8, 1),

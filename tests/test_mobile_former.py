@@ -220,8 +220,8 @@ def test_float_tflite_and_coreml_pass_parity(float_run):
 
 def test_bpu_marches_name_the_cpu_fallbacks(mobile_former, tmp_path):
     """The bundle's opset-11 ONNX against each march's op list: attention and LayerNorm leave the BPU."""
-    from converters.bpu.march import check_onnx_ops, get_march
-    from converters.bpu.onnx_model import OFF_BPU_FATAL, export_bpu_onnx
+    from mnv4_deploy.converters.bpu.march import check_onnx_ops, get_march
+    from mnv4_deploy.converters.bpu.onnx_model import OFF_BPU_FATAL, export_bpu_onnx
 
     canonical, _ = canonicalize(mobile_former.model, torch.from_numpy(mobile_former.x_calib[:2]))
     path = tmp_path / "mobile-former.onnx"

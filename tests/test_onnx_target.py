@@ -72,7 +72,7 @@ def test_any_torch_module_with_an_explicit_contract(tmp_path):
 
 def test_a_wrong_artifact_is_kept_but_marked_failed(tmp_path, monkeypatch):
     """Validation failure is a status and an exit code, never a silent pass."""
-    import converters.onnx as onnx_conv
+    import mnv4_deploy.converters.onnx as onnx_conv
 
     real = onnx_conv.ort_runner
 
@@ -105,7 +105,7 @@ def _tiny_onnx(path) -> None:
 def test_ort_threads_sleep_between_runs_except_when_timing_latency(tmp_path):
     """Validation/evaluation sessions do not spin (the decode workers and the reference need the cores);
     the latency measurement times the spinning variant, and its runtime string says so."""
-    from converters.onnx import SPINNING, ort_runner, ort_session
+    from mnv4_deploy.converters.onnx import SPINNING, ort_runner, ort_session
     from mnv4_deploy.latency import artifact_latency
     from mnv4_deploy.registry import load_target
 
@@ -126,8 +126,8 @@ def test_ort_threads_sleep_between_runs_except_when_timing_latency(tmp_path):
 
 def test_the_bpu_bundle_runner_keeps_the_spinning_latency_variant(tmp_path):
     """The BPU bundle's runner wraps the ORT runner; its latency variant wraps the spinning one."""
-    from converters.bpu.target import flattened
-    from converters.onnx import ort_runner
+    from mnv4_deploy.converters.bpu.target import flattened
+    from mnv4_deploy.converters.onnx import ort_runner
 
     path = tmp_path / "tiny.onnx"
     _tiny_onnx(path)

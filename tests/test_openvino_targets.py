@@ -49,7 +49,7 @@ def test_fp32_and_int8_pass_and_int8_keeps_the_onnx_int8_accuracy_bound(digits_r
 def test_x86_int8_targets_get_the_overflow_fix_and_a_no_vnni_cross_check(digits_run):
     """openvino-int8 runs x86 int8 kernels: the plan is fixed by default, and on a VNNI host the IR is also run
     with oneDNN capped at AVX2, which must then follow the plan as closely as the judged runtime."""
-    from converters.openvino.ir import can_cap_to_no_vnni
+    from mnv4_deploy.converters.openvino.ir import can_cap_to_no_vnni
 
     report, _ = digits_run
     overflow = report.quantization["plan"]["overflow"]
@@ -131,13 +131,13 @@ def test_ir_bytes_are_reproducible(tmp_path):
 
 
 def test_missing_backend_names_the_extra(monkeypatch):
-    from converters.openvino import OPENVINO_FP32
+    from mnv4_deploy.converters.openvino import OPENVINO_FP32
 
     check_missing_backend_names_the_extra(monkeypatch, OPENVINO_FP32, "openvino", "openvino")
 
 
 def test_runner_takes_any_batch_size(digits_run, trained_digits):
-    from converters.openvino.ir import ir_runner
+    from mnv4_deploy.converters.openvino.ir import ir_runner
 
     _, out = digits_run
     run = ir_runner(out / "digits.openvino").run

@@ -107,7 +107,7 @@ def conflicting_plugin(monkeypatch):
     module.PLUGIN = Plugin()
     monkeypatch.setitem(sys.modules, "conflicting_plugin", module)
     return {name: EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
-            for name, value in (("npu", "conflicting_plugin:PLUGIN"), ("tflite", "converters.tflite:TFLITE_FP32"))}
+            for name, value in (("npu", "conflicting_plugin:PLUGIN"), ("tflite", "mnv4_deploy.converters.tflite:TFLITE_FP32"))}
 
 
 def test_a_plugin_redeclaring_a_builtin_option_differently_is_refused(conflicting_plugin):

@@ -116,8 +116,8 @@ def test_a_fixed_batch_tflite_runs_any_number_of_images(tmp_path):
 
     if any(importlib.util.find_spec(m) is None for m in ("litert_torch", "ai_edge_litert")):
         pytest.skip("needs mnv4-deploy[tflite]")
-    from converters.tflite import litert_runner
-    from converters.tflite.convert import export_float_tflite
+    from mnv4_deploy.converters.tflite import litert_runner
+    from mnv4_deploy.converters.tflite.convert import export_float_tflite
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5)).eval()

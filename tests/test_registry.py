@@ -23,7 +23,7 @@ def _ep(name: str, value: str) -> EntryPoint:
 @pytest.fixture
 def fake_module(monkeypatch):
     """A third-party converter module, importable as `fake_plugin`."""
-    from converters.onnx import ONNX_FP32
+    from mnv4_deploy.converters.onnx import ONNX_FP32
 
     module = types.ModuleType("fake_plugin")
 
@@ -43,11 +43,11 @@ def fake_module(monkeypatch):
 def test_builtin_targets_are_found_through_the_entry_point_group():
     eps = find_targets()
     assert {"onnx", "onnx-fp16"} <= set(eps)
-    assert all(ep.value.startswith("converters.") for ep in eps.values())
+    assert all(ep.value.startswith("mnv4_deploy.converters.") for ep in eps.values())
 
 
 def test_third_party_targets_load_like_builtins(fake_module):
-    eps = find_targets([_ep("fake-npu", "fake_plugin:FAKE"), _ep("onnx", "converters.onnx:ONNX_FP32")])
+    eps = find_targets([_ep("fake-npu", "fake_plugin:FAKE"), _ep("onnx", "mnv4_deploy.converters.onnx:ONNX_FP32")])
     assert list(eps) == ["fake-npu", "onnx"]
     assert load_target("fake-npu", eps).info.format == "npu"
     row = next(r for r in target_rows(eps) if r["target"] == "fake-npu")

@@ -122,7 +122,7 @@ def test_a_fifo_named_like_an_artifact_is_refused_without_blocking(tmp_path):
 def test_a_reader_that_hangs_is_stopped_by_the_time_limit(artifacts, monkeypatch):
     import time
 
-    import converters.onnx as onnx_converter
+    import mnv4_deploy.converters.onnx as onnx_converter
 
     def forever(_path):
         while True:
@@ -157,7 +157,7 @@ def test_a_random_pte_is_refused_before_the_executorch_runtime_can_abort(tmp_pat
     """The runtime logs a bad identifier with the raw bytes, its bindings cannot decode that line
     and the process aborts (exit 134); the header check refuses such files first."""
     pytest.importorskip("executorch.runtime")
-    from converters.executorch.runtime import check_pte_header
+    from mnv4_deploy.converters.executorch.runtime import check_pte_header
 
     good_head = (60).to_bytes(4, "little") + b"ET12" + b"eh00" + (32).to_bytes(4, "little")
     cases = {"random.pte": np.random.default_rng(3).bytes(3000),

@@ -235,7 +235,7 @@ def test_disk_full_while_writing_the_report_is_one_line_and_leaves_nothing_half_
 
 
 def test_disk_full_inside_a_converter_removes_its_work_and_names_the_out_dir(tmp_path, monkeypatch):
-    import converters.onnx as onnx_converter
+    import mnv4_deploy.converters.onnx as onnx_converter
 
     monkeypatch.setattr(onnx_converter.OnnxConverter, "convert", lambda self, job: _enospc())
     out = tmp_path / "out"
@@ -248,7 +248,7 @@ def test_disk_full_inside_a_converter_removes_its_work_and_names_the_out_dir(tmp
 
 
 def test_disk_full_while_writing_a_bpu_bundle_is_one_line_and_no_bundle_is_left(tmp_path, monkeypatch):
-    import converters.bpu.build as bpu_build
+    import mnv4_deploy.converters.bpu.build as bpu_build
 
     make_images(tmp_path / "calib", 2, size=(40, 40))
     monkeypatch.setattr(bpu_build, "write_calibration_files", _enospc)

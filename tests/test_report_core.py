@@ -39,8 +39,8 @@ def test_one_exit_precedence_for_a_report_and_a_matrix(tmp_path, codes, expected
 
 def test_strict_is_exit_3_from_export_and_check():
     """`--strict` refusing an op is a verdict on the model, like parity (3), not bad input (2)."""
-    from converters.bpu.march import OffBpuNode, OpCheck
-    from converters.bpu.onnx_model import enforce_op_policy
+    from mnv4_deploy.converters.bpu.march import OffBpuNode, OpCheck
+    from mnv4_deploy.converters.bpu.onnx_model import enforce_op_policy
 
     assert OpsOffAccelerator.exit_code == EXIT_PARITY == 3 and EXIT_PARITY != EXIT_USAGE
     check = OpCheck("bernoulli2", 11, (11,), 7, 7, (OffBpuNode("attn/Softmax", "Softmax", "cpu", ""),))
@@ -101,7 +101,7 @@ def test_report_md_says_where_the_parity_inputs_came_from(golden, line):
 
 
 def test_bpu_forecasts_become_typed_judgements():
-    from converters.bpu.target import forecast_judgements
+    from mnv4_deploy.converters.bpu.target import forecast_judgements
 
     rows = [{"name": "nv12", "label": "float, NV12 BT.601 input", "images": 8, "on": "calibration",
              "parity": {"cosine": 0.9999}, "accuracy": None},
@@ -124,7 +124,7 @@ def _tree(root: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="sha256sum (coreutils) not on PATH")
 def test_one_sha256sums_writer_for_reports_and_bundles(tmp_path):
-    from converters.bpu.bundle import write_sums
+    from mnv4_deploy.converters.bpu.bundle import write_sums
 
     _tree(tmp_path)
     report = _report(tmp_path, TargetResult("onnx", "fp32", PASSED, artifact="m.onnx"),
@@ -149,11 +149,11 @@ def test_one_sha256sums_writer_for_reports_and_bundles(tmp_path):
 def test_versions_and_reproducibility_have_one_home():
     import numpy as np
 
-    from converters.executorch import REPRODUCIBLE as EXECUTORCH
-    from converters.onnx import REPRODUCIBLE as ONNX
-    from converters.openvino import REPRODUCIBLE as OPENVINO
-    from converters.tflite.common import REPRODUCIBLE as TFLITE
-    from converters.tflite.common import tool_versions as tflite_versions
+    from mnv4_deploy.converters.executorch import REPRODUCIBLE as EXECUTORCH
+    from mnv4_deploy.converters.onnx import REPRODUCIBLE as ONNX
+    from mnv4_deploy.converters.openvino import REPRODUCIBLE as OPENVINO
+    from mnv4_deploy.converters.tflite.common import REPRODUCIBLE as TFLITE
+    from mnv4_deploy.converters.tflite.common import tool_versions as tflite_versions
 
     assert tool_versions(["numpy", "no-such-package-xyz"]) == {"numpy": np.__version__,
                                                                  "no-such-package-xyz": NOT_INSTALLED}
@@ -177,7 +177,7 @@ def test_build_order_puts_upstream_targets_first_and_keeps_the_rest_in_order():
 
 @pytest.mark.slow  # two TFLite conversions of conv_small at 64 px: ~40 s on the loaded 2-core machine
 def test_tflite_fp16_before_tflite_converts_the_float_model_once(tmp_path, monkeypatch):
-    import converters.tflite as tflite_targets
+    import mnv4_deploy.converters.tflite as tflite_targets
     from mnv4_deploy import export
 
     calls: list[Path] = []

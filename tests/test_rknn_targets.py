@@ -100,7 +100,7 @@ def test_rv1106_gets_the_full_integer_plan_and_fp16_is_refused(trained_digits, d
     assert result.metadata["full_integer"] and result.metadata["platform"] == "rv1106"
     assert "FLOAT16" not in result.metadata["placement"]["dtypes"], result.metadata["placement"]["dtypes"]
     assert result.emulation_parity["cosine"] > 0.99
-    from converters.rknn import RKNN_FP16
+    from mnv4_deploy.converters.rknn import RKNN_FP16
 
     with pytest.raises(UsageError, match="rv1106 has no float16 unit"):
         RKNN_FP16.check_options(ExportOptions(rknn_platform="rv1106"))
@@ -128,7 +128,7 @@ def test_check_runs_the_toolkit_on_any_onnx_and_names_cpu_layers(digits_run, tmp
 @needs_toolkit
 def test_a_board_is_reached_through_init_runtime_and_its_absence_is_one_line(digits_run, monkeypatch):
     """No board is connected here: the on-device path runs up to adb and says so in one line."""
-    from converters.rknn import DEVICE_ENV, RKNN_INT8
+    from mnv4_deploy.converters.rknn import DEVICE_ENV, RKNN_INT8
     from mnv4_deploy.errors import DeployError
     from mnv4_deploy.registry import Artifact
 
@@ -159,7 +159,7 @@ def test_without_the_toolchain_the_targets_are_refused_naming_the_install(monkey
 def test_the_layer_table_names_every_cpu_fallback():
     """The toolkit's table as it printed it for hybrid_medium in fp16: its attention runs as exSDPAttention
     on the NPU; the key/value head broadcast (Expand) falls back to the CPU."""
-    from converters.rknn.layers import placement, placement_table
+    from mnv4_deploy.converters.rknn.layers import placement, placement_table
 
     rows = (FIXTURES / "hybrid_medium_fp16_layers.txt").read_text().splitlines()
     facts = placement(rows)
@@ -172,7 +172,7 @@ def test_the_layer_table_names_every_cpu_fallback():
 
 def test_the_toolkit_config_undoes_the_contract_normalization():
     """mean_values/std_values in pixel units: the model's first step is the contract's normalization."""
-    from converters.rknn.run import to_pixels, toolkit_config
+    from mnv4_deploy.converters.rknn.run import to_pixels, toolkit_config
     from mnv4_deploy.preprocess import Preprocess
 
     contract = Preprocess(crop_size=(8, 8), resize_short=8)  # ImageNet mean and std
@@ -245,8 +245,8 @@ def test_the_toolkit_re_rounds_a_zero_point_0_tensor_and_keeps_the_respelled_one
     with zero point 0 (weights here, and the input) is re-rounded onto a grid 128/127 coarser, so the output
     leaves exact integer arithmetic (7-bit channels too); weights at zero point -1 and an input at another zero
     point reproduce it exactly."""
-    from converters.rknn.run import session_log
-    from converters.rknn.toolchain import open_session
+    from mnv4_deploy.converters.rknn.run import session_log
+    from mnv4_deploy.converters.rknn.toolchain import open_session
 
     rng = np.random.default_rng(0)
     w = rng.normal(0, 1, (16, 8, 3, 3))
@@ -275,7 +275,7 @@ def test_the_spelling_keeps_every_weight_value_and_moves_only_zero_point_0_scale
     import torch
     from onnx import numpy_helper
 
-    from converters.rknn.spelling import TOOLKIT_RESCALE, write_toolkit_onnx
+    from mnv4_deploy.converters.rknn.spelling import TOOLKIT_RESCALE, write_toolkit_onnx
     from mnv4_deploy.quant import build_plan
     from mnv4_deploy.quant.onnx_qdq import export_qdq_onnx
 

@@ -32,7 +32,7 @@ FIXTURE_LOG = Path(__file__).parent / "fixtures" / "edgetpu_compiler.log"
 
 
 def _input_dtype(path: Path) -> np.dtype:
-    from converters.tflite import open_interpreter
+    from mnv4_deploy.converters.tflite import open_interpreter
 
     return np.dtype(open_interpreter(path).get_input_details()[0]["dtype"])
 
@@ -101,8 +101,8 @@ def test_trained_int8_tflite_meets_the_onnx_int8_bound_and_follows_the_plan(digi
 
 @pytest.mark.parametrize("io_dtype", ["int8", "uint8", "float32"])
 def test_io_dtype_changes_only_the_boundary(digits_run, trained_digits, tmp_path, io_dtype):
-    from converters.tflite import litert_runner
-    from converters.tflite.io_types import io_dtype_of, set_io_dtype
+    from mnv4_deploy.converters.tflite import litert_runner
+    from mnv4_deploy.converters.tflite.io_types import io_dtype_of, set_io_dtype
 
     report, out = digits_run
     source = out / report.result("tflite-int8").artifact
@@ -141,7 +141,7 @@ def test_conv_small_int8_io_passes_and_maps_fully_to_the_edgetpu(calib_dir, tmp_
 
 @pytest.mark.slow  # hybrid_medium: ~2 min of plan + conversion on 2 cores
 def test_hybrid_attention_is_flagged_and_strict_names_the_ops(calib_dir, tmp_path):
-    from converters.edgetpu import static_check_summary
+    from mnv4_deploy.converters.edgetpu import static_check_summary
 
     report = export("hybrid_medium", "tflite-int8,edgetpu", tmp_path, img_size=SMALL, golden_count=3,
                     calib_data=calib_dir, options=ExportOptions(strict=True), **QUIET)
@@ -179,8 +179,8 @@ def test_int8_targets_need_calibration_data(tmp_path):
 
 
 def test_converter_refuses_a_job_without_a_plan(tmp_path):
-    from converters.edgetpu import EDGETPU
-    from converters.tflite import TFLITE_INT8
+    from mnv4_deploy.converters.edgetpu import EDGETPU
+    from mnv4_deploy.converters.tflite import TFLITE_INT8
     from mnv4_deploy.registry import ConvertJob
 
     job = ConvertJob(model=None, contract=None, example=None, workdir=tmp_path, stem="m", options=ExportOptions(),
@@ -203,12 +203,12 @@ def test_edgetpu_refuses_options_before_any_work(options, message, tmp_path, cal
 
 def test_float_ops_are_named(digits_run):
     """A model with float ops left cannot be full-integer: the check names the first one."""
-    from converters.tflite.full_integer import float_ops
+    from mnv4_deploy.converters.tflite.full_integer import float_ops
 
     report, out = digits_run
     float_model = out / report.result("tflite-int8").artifact
     assert float_ops(float_model) == []  # full-integer inside; the boundary QUANTIZE/DEQUANTIZE are fine
-    from converters.tflite.flatbuffer import NotAFlatbufferError
+    from mnv4_deploy.converters.tflite.flatbuffer import NotAFlatbufferError
 
     bad = out.parent / "not-a-model.tflite"
     bad.write_text("hello")
@@ -217,7 +217,7 @@ def test_float_ops_are_named(digits_run):
 
 
 def test_compiler_is_run_when_present_and_its_model_kept(digits_run, tmp_path, monkeypatch):
-    from converters.edgetpu import compile_if_available
+    from mnv4_deploy.converters.edgetpu import compile_if_available
     from mnv4_deploy.registry import ConvertJob
 
     report, out = digits_run

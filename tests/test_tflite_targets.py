@@ -31,7 +31,7 @@ QUIET = dict(log=lambda _: None)
 
 
 def _interpreter_input(path):
-    from converters.tflite import open_interpreter
+    from mnv4_deploy.converters.tflite import open_interpreter
 
     return open_interpreter(path).get_input_details()[0]
 
@@ -78,7 +78,7 @@ def _check_float_targets(report, out, layout: str, size: int):
 
 @pytest.mark.parametrize("name, layout", [("conv_small", "nchw"), ("hybrid_medium", "nhwc")])
 def test_random_init_variants_convert_and_pass(name, layout, tmp_path):
-    from converters.tflite import read_embedded_contract
+    from mnv4_deploy.converters.tflite import read_embedded_contract
     from mnv4_deploy.pipeline import prepare_model
 
     # the PyTorch-side int8 rounding first, before litert_torch is imported in this process
@@ -106,7 +106,7 @@ def test_random_init_variants_convert_and_pass(name, layout, tmp_path):
 
 def test_trained_model_passes_every_target_including_int8_bounds(trained_digits, tmp_path):
     """A really trained MNv4 (conv_small on digits, mean = std = 0.5): dynamic range fits int8."""
-    from converters.tflite import read_embedded_contract
+    from mnv4_deploy.converters.tflite import read_embedded_contract
 
     net = trained_digits
     size = net.settings.img_size
@@ -133,7 +133,7 @@ def test_unsupported_options_are_refused_before_any_work(options, message, tmp_p
 
 def test_integer_io_is_quantized_with_the_tensor_scale():
     """The runner's I/O conversion, as the full-integer targets will use it."""
-    from converters.tflite.runtime import _from_output, _to_input
+    from mnv4_deploy.converters.tflite.runtime import _from_output, _to_input
 
     detail = {"name": "x", "dtype": np.int8, "quantization": (0.5, -3)}
     q = _to_input(np.array([-100.0, -1.0, 0.0, 0.26, 100.0], np.float32), detail)

@@ -262,7 +262,7 @@ def test_a_docker_toolchain_says_which_piece_is_missing(tmp_path, monkeypatch):
 
 def test_bpu_runs_hb_mapper_through_its_docker_image_when_not_on_path(tmp_path, monkeypatch):
     """No hb_mapper on PATH, an OpenExplorer image present: checker and makertbin run in a container."""
-    from converters.bpu.toolchain import hb_mapper_command, run_hb_mapper
+    from mnv4_deploy.converters.bpu.toolchain import hb_mapper_command, run_hb_mapper
 
     fixtures = Path(__file__).parent / "fixtures" / "hb_mapper"
     folder = _fake_docker(tmp_path, image_present=True)

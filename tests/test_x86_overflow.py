@@ -117,7 +117,7 @@ def digits_without_fix(trained_digits, digit_folders, tmp_path_factory):
 @pytest.mark.skipif(not (X86 and OPENVINO), reason="needs an x86 CPU and mnv4-deploy[openvino]")
 def test_openvino_capped_to_avx2_computes_what_the_saturating_model_says(digits_plans, tmp_path):
     """The torch model of the pair sums against a real runtime's no-VNNI kernels, on any x86 host."""
-    from converters.openvino.ir import capped_ir_runner, onnx_to_ir
+    from mnv4_deploy.converters.openvino.ir import capped_ir_runner, onnx_to_ir
     from mnv4_deploy.quant.onnx_qdq import export_qdq_onnx
 
     plan = digits_plans.plan(overflow_fix="off")

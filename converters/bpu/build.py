@@ -41,7 +41,7 @@ def calibration_images(job: ConvertJob) -> list[Path]:
 
 
 def _float_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from converters.onnx import ort_runner
+    from mnv4_deploy.converters.onnx import ort_runner
 
     inner = ort_runner(path)
     return lambda batch: inner.run(batch).reshape(len(batch), -1)

@@ -73,7 +73,7 @@ def measure(name: str, label: str, run: Run, tensors: np.ndarray, sample: Sample
 def build_int8(model: Any, calib_tensors: np.ndarray, example: Any, path: Path,
                log: Callable[[str], None]) -> tuple[Run, dict[str, Any]]:
     """Plan with the `bpu` recipe, write it as QDQ ONNX to `path`, return its ORT runner and facts."""
-    from converters.onnx import ort_runner
+    from mnv4_deploy.converters.onnx import ort_runner
     from mnv4_deploy.quant import build_plan
     from mnv4_deploy.quant.onnx_qdq import export_qdq_onnx
     from mnv4_deploy.recipes import load_recipe

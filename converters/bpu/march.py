@@ -46,12 +46,8 @@ class March:
 
 
 def _default_table_text() -> tuple[str, str]:
-    try:
-        path = resources.files("quant_configs").joinpath("bpu_marches.yaml")
-        return "quant_configs/bpu_marches.yaml", path.read_text()
-    except ModuleNotFoundError:  # running from a source tree without the package importable
-        path = Path(__file__).resolve().parents[2] / "quant_configs" / "bpu_marches.yaml"
-        return str(path), path.read_text()
+    path = resources.files("mnv4_deploy.quant_configs").joinpath("bpu_marches.yaml")
+    return "quant_configs/bpu_marches.yaml", path.read_text()
 
 
 def _check_type(value: Any, kind: type, where: str, source: str) -> None:

@@ -28,7 +28,7 @@ def export_bpu_onnx(model: Any, example: Any, path: Path, opset: int, simplify: 
     """Write the bundle's ONNX (fixed batch 1) to `path`; return facts for the metadata."""
     import onnx
 
-    from converters.onnx import export_float_onnx, op_histogram
+    from mnv4_deploy.converters.onnx import export_float_onnx, op_histogram
 
     if opset not in march.onnx_opsets:
         raise UsageError(f"--opset {opset}: {march.name} accepts ONNX opset {', '.join(map(str, march.onnx_opsets))}",

@@ -8,7 +8,7 @@ emulated int8) are measured during conversion and reported as extra rows (the ar
 extra_judgements; report.json lists them under each result's "extra_judgements").
 
 Targets come from the `targets` table in `quant_configs/bpu_marches.yaml`: the entry point
-`converters.bpu.target:bpu_x5` resolves `bpu_x5` through the module `__getattr__`, so a new
+`mnv4_deploy.converters.bpu.target:bpu_x5` resolves `bpu_x5` through the module `__getattr__`, so a new
 board needs a table row and an entry-point line, no code.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mnv4_deploy.options import TargetOption
 from mnv4_deploy.provenance import reproducible
 from mnv4_deploy.registry import Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, TargetInfo
 
-from converters.onnx import OPSET
+from mnv4_deploy.converters.onnx import OPSET
 
 from . import bundle as bundle_files
 from .march import TargetRow, get_march, load_target_table
@@ -95,7 +95,7 @@ class BpuConverter(Converter):
 
     def describe(self, path: Path) -> dict[str, Any]:
         """`mnv4-deploy inspect` of a bundle: its manifest facts and its float ONNX's I/O and ops."""
-        from converters.onnx import describe_onnx
+        from mnv4_deploy.converters.onnx import describe_onnx
 
         manifest = bundle_files.read_manifest(Path(path))
         onnx_file = (manifest.get("onnx") or {}).get("file") if isinstance(manifest.get("onnx"), dict) else None
@@ -119,7 +119,7 @@ class BpuConverter(Converter):
 
     # ---- convert ------------------------------------------------------------------------
     def convert(self, job: ConvertJob) -> Artifact:
-        from converters.onnx import INPUT_NAME
+        from mnv4_deploy.converters.onnx import INPUT_NAME
 
         from .build import build_bundle
 
@@ -142,7 +142,7 @@ class BpuConverter(Converter):
     # ---- judge --------------------------------------------------------------------------
     def runner(self, artifact: Artifact) -> Runner | NotRunnable:
         """The bundle's float ONNX in onnxruntime; the (N, classes, 1, 1) output is flattened."""
-        from converters.onnx import ort_runner
+        from mnv4_deploy.converters.onnx import ort_runner
 
         manifest = bundle_files.read_manifest(artifact.path)
         return flattened(ort_runner(artifact.path / manifest["onnx"]["file"]))

@@ -20,7 +20,7 @@ attention, GELU or int8 activations, notes on what the Neural Engine runs badly.
 Options: `image_input` gives the model an `ImageType` input (pixels in, the contract's
 scale/bias inside the model, per-channel std compensated exactly); `min_target` sets the
 oldest OS (iOS16, macOS14, ...), refused when unknown or too old for what the target uses.
-Parity runs in Core ML on macOS and in the NumPy ML Program executor (`converters.coreml_mil`)
+Parity runs in Core ML on macOS and in the NumPy ML Program executor (`mnv4_deploy.converters.coreml_mil`)
 elsewhere. Importing this package imports neither coremltools nor torch.
 """
 from __future__ import annotations

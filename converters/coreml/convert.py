@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.coreml_mil import import_coremltools
+from mnv4_deploy.converters.coreml_mil import import_coremltools
 from mnv4_deploy.errors import BackendMissing, DeployError
 from mnv4_deploy.provenance import own_version
 

@@ -2,7 +2,7 @@
 
 On macOS the runner is Core ML itself (`MLModel.predict`, CPU only, so results do not depend
 on which accelerator the OS picks). Elsewhere Core ML cannot run, and the runner is the NumPy
-ML Program executor of `converters.coreml_mil`, which evaluates the saved main function op by
+ML Program executor of `mnv4_deploy.converters.coreml_mil`, which evaluates the saved main function op by
 op with fp16 rounding after every op, as Core ML's fp16 compute does.
 
 Image inputs: Core ML feeds an ImageType's pixels (0-255) into the program, and the program
@@ -182,7 +182,7 @@ def _mlmodel_runner(path: Path, input_name: str, output_name: str, contract: Pre
 
 def _executor_runner(path: Path, input_name: str, output_name: str, contract: Preprocess | None) -> Runner | NotRunnable:
     """The NumPy reference executor: reads only the saved package, runs anywhere."""
-    from converters.coreml_mil import MilExecutor, MilExecutorError, UnsupportedOpError
+    from mnv4_deploy.converters.coreml_mil import MilExecutor, MilExecutorError, UnsupportedOpError
 
     try:
         executor = MilExecutor.from_mlpackage(path)

@@ -75,8 +75,8 @@ def verify_plan_weights(path: Path, plan: Any) -> dict[str, Any]:
 
     Reads the package back with the reference executor's loader (independent of the export).
     """
-    from converters.coreml_mil import OP_TABLE
-    from converters.coreml_mil.loader import load_program
+    from mnv4_deploy.converters.coreml_mil import OP_TABLE
+    from mnv4_deploy.converters.coreml_mil.loader import load_program
 
     program = load_program(path, set(OP_TABLE))
     stored: dict[tuple, list[np.ndarray]] = {}

@@ -2,7 +2,7 @@
 
 Why: `edgetpu_compiler` runs only on x86-64 Debian/Ubuntu hosts, so most places that build the
 int8 TFLite model cannot compile it. The check reads the flatbuffer (the TFLite package's reader,
-converters.tflite.flatbuffer; flatbuffer.py here maps its errors into this package's family), judges
+mnv4_deploy.converters.tflite.flatbuffer; flatbuffer.py here maps its errors into this package's family), judges
 subgraph 0's ops in execution order against the EdgeTPU's documented operation table (rules.py)
 and reports where the accelerator's partition would end (report.py), so a model that would leave
 the accelerator is refused or reported before anyone ships it. Where the compiler *is*

@@ -1,7 +1,7 @@
 """The EdgeTPU check's errors: one small family, each also a core DeployError so the CLI maps it
 to an exit code, and the compiler install hint they carry. A failed compiler run carries the
 compiler's parsed log, so its error lives with the log in compiler.py. The two file errors subclass
-the TFLite reader's own (converters.tflite.flatbuffer), so either family's `except` catches them."""
+the TFLite reader's own (mnv4_deploy.converters.tflite.flatbuffer), so either family's `except` catches them."""
 from __future__ import annotations
 
 from mnv4_deploy.errors import BackendMissing, DeployError

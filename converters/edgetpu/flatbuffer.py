@@ -1,4 +1,4 @@
-"""The TFLite reader as the EdgeTPU check uses it: converters.tflite.flatbuffer reads the file (the
+"""The TFLite reader as the EdgeTPU check uses it: mnv4_deploy.converters.tflite.flatbuffer reads the file (the
 reader is TFLite knowledge and imports no other target); here its refusals are re-raised as this
 package's errors, so everything the check and the compiler runner raise stays an EdgeTpuCheckError."""
 from __future__ import annotations

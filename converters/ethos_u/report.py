@@ -174,7 +174,7 @@ def _slowest(rows: list[dict[str, Any]], keep: int = 5) -> list[dict[str, Any]]:
 
 def vela_report(source: Path, output: VelaOutput, settings: VelaSettings) -> VelaReport:
     """Judge one Vela run: which of the source model's operators stayed on the CPU, and why."""
-    from converters.tflite.flatbuffer import read_tflite
+    from mnv4_deploy.converters.tflite.flatbuffer import read_tflite
 
     source_ops = read_tflite(source).ops
     compiled = read_tflite(output.compiled).ops

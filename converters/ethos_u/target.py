@@ -107,7 +107,7 @@ class EthosUConverter(TfliteArtifacts):
         """`mnv4-deploy check`: Vela on any .tflite at this target's default settings, the same table."""
         import tempfile
 
-        from converters.tflite.flatbuffer import read_tflite
+        from mnv4_deploy.converters.tflite.flatbuffer import read_tflite
 
         if compiler_log is not None:
             raise UsageError(f"target {self.info.name} runs Vela itself; --compiler-log is for edgetpu_compiler logs",

@@ -3,7 +3,7 @@
 OpenVINO is what Intel CPUs, iGPUs and NPUs run. Both targets go through ONNX, which OpenVINO's
 frontend reads natively (ir.py), and run here on OpenVINO's CPU plugin:
 
-- `openvino`: the canonical model's float ONNX (`converters.onnx.export_float_onnx`) as IR;
+- `openvino`: the canonical model's float ONNX (`mnv4_deploy.converters.onnx.export_float_onnx`) as IR;
   fp32 weights, or fp16 weights with `--openvino-fp16-weights` (`ov.save_model(compress_to_fp16)`:
   weights stored in fp16 and decompressed on load; compute stays fp32). Judged as fp16 then.
 - `openvino-int8`: the plan's QDQ ONNX (`mnv4_deploy.quant.onnx_qdq.export_qdq_onnx`, the writer
@@ -74,13 +74,13 @@ class OpenvinoConverter(Converter):
             export_qdq_onnx(job.plan, onnx_path, job.example, opset=ONNX_OPSET, weight_dtype="int8")
             return {"source": "the run's plan as QDQ ONNX (export_qdq_onnx, int8 weights, as onnx-int8 writes it)",
                     "float_layers": list(job.plan.float_layers)}
-        from converters.onnx import export_float_onnx
+        from mnv4_deploy.converters.onnx import export_float_onnx
 
         export_float_onnx(job.model, job.example, onnx_path, ONNX_OPSET, dynamic_batch=False, simplify=True)
         return {"source": "the canonical model's float ONNX (export_float_onnx, onnxsim-simplified)"}
 
     def convert(self, job: ConvertJob) -> Artifact:
-        from converters.executorch.metadata import artifact_metadata
+        from mnv4_deploy.converters.executorch.metadata import artifact_metadata
         from mnv4_deploy.quant.overflow import x86_saturation
 
         from .ir import describe_ir, onnx_to_ir

@@ -56,7 +56,7 @@ def _onnx(conv: "RknnConverter", job: ConvertJob, path: Path, full_integer: bool
                           + ", spelled so that rknn-toolkit2 keeps its numbers exactly",
                 "toolkit_spelling": {**spelling, "why": SPELLING_WHY},
                 "plan_sha256": plan.sha256, "float_layers": list(plan.float_layers)}
-    from converters.onnx import export_float_onnx
+    from mnv4_deploy.converters.onnx import export_float_onnx
 
     export_float_onnx(job.model, job.example, path, OPSET, dynamic_batch=False, simplify=job.options.simplify)
     return {"source": "the canonical model's float ONNX (export_float_onnx)"}

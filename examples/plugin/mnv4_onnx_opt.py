@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from converters.onnx import INPUT_NAME, describe_onnx, export_float_onnx, op_histogram, ort_runner
+from mnv4_deploy.converters.onnx import INPUT_NAME, describe_onnx, export_float_onnx, op_histogram, ort_runner
 from mnv4_deploy.options import TargetOption
 from mnv4_deploy.registry import Artifact, ConvertJob, Converter, NotRunnable, Runner, TargetInfo
 
