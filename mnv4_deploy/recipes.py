@@ -50,7 +50,7 @@ REQUIRED_SECTIONS = ("calibration", "weights", "activations", "parity")
 def _check(data: Any, schema: Any, where: str, source: str) -> None:
     if isinstance(schema, dict):
         if not isinstance(data, Mapping):
-            raise UsageError(f"{source}: {where or 'the recipe'} must be a mapping", "see README 'Recipe reference'")
+            raise UsageError(f"{source}: {where or 'the recipe'} must be a mapping", "see docs/recipes.md")
         for key, value in data.items():
             if key not in schema:
                 raise UsageError(f"{source}: unknown key {where + '.' if where else ''}{key}",

@@ -20,7 +20,7 @@ quiet_pip() {  # pip's log only when it fails (the full backend set is ~7 GB of 
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 quiet_pip pip==26.3
-quiet_pip -c constraints.txt -e '.[all,test,bench]'  # bench: 20 MB of trained weights + NNCF (~30 MB)
+quiet_pip -c constraints.txt -e '.[all,test,bench,docs]'  # bench: 20 MB of trained weights + NNCF (~30 MB); docs: MkDocs
 .venv/bin/python -c "import mnv4_deploy, mnv4_deploy.converters, torch, timm, onnxruntime" \
   || { echo "setup failed: the package does not import" >&2; exit 1; }
 echo "mnv4-deploy installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -192,12 +192,13 @@ def test_targets_declare_consistent_data(name):
     assert info.precision in ("fp32", "fp16", "int8") and info.extra
 
 
-def test_readme_targets_table_matches_the_registry():
-    text = (REPO / "README.md").read_text()
+@pytest.mark.parametrize("page", ["README.md", "docs/targets.md"])
+def test_targets_tables_match_the_registry(page):
+    text = (REPO / page).read_text()
     table = text.split("<!-- targets-table -->")[1]
     rows = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\| `([\w-]+)` \| ([^|]+)\|", table, re.M)}
     registry = {name: load_target(name).info.precision for name in find_targets()}
-    assert set(rows) == set(registry), "README targets table and registry differ"
+    assert set(rows) == set(registry), f"{page} targets table and registry differ"
     assert all(rows[n] == registry[n] for n in rows)
 
 
