@@ -18,16 +18,44 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
+from .cli_help import Command, Group, choice_metavar, with_metavars
 from .errors import EXIT_OTHER, EXIT_USAGE, DeployError
 
 if TYPE_CHECKING:
     from .options import TargetOption
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=Group, no_args_is_help=True,
                   help="Export MobileNet-V4 classifiers to deployable formats and prove each artifact matches PyTorch.")
 export_app = typer.Typer(add_completion=False)
 
 DEBUG_ENV = "MNV4_DEPLOY_DEBUG"
+
+
+def version_text() -> str:
+    """`--version`: this tool's version, Python's, and each backend extra's packages as installed."""
+    import platform
+
+    from .provenance import backend_versions, own_version
+
+    lines = [f"mnv4-deploy {own_version()} (Python {platform.python_version()})"]
+    for group, versions in backend_versions().items():
+        lines.append(f"  {group + ':':<11} " + ", ".join(f"{name} {v}" for name, v in versions.items()))
+    return "\n".join(lines)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+@with_metavars
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                 help="show the version and the installed backends' versions, then exit")] = False,
+          ) -> None:
+    # the group's own options; its help text is the Typer(help=...) above
+    pass
 
 
 def _err(text: str) -> None:
@@ -154,8 +182,8 @@ def _in_panel(option: Any, panel: str) -> Any:
     return Annotated[option.__origin__, info]
 
 
-def _flag(annotation: Any, *decls: str, help: str, panel: str) -> Any:
-    return Annotated[annotation, typer.Option(*decls, help=help, rich_help_panel=panel)]
+def _flag(annotation: Any, *decls: str, help: str, panel: str, metavar: Optional[str] = None) -> Any:
+    return Annotated[annotation, typer.Option(*decls, help=help, rich_help_panel=panel, metavar=metavar)]
 
 
 # (name, annotation, default) in --help order; the core's options (fold, dynamic_batch, simplify, overflow_fix)
@@ -202,7 +230,8 @@ def _declared_flag(option: "TargetOption") -> tuple[str, Any, Any]:
     if option.type is bool and option.default:
         decl = f"{option.flag}/--no-{option.flag[2:]}"
     annotation = Optional[option.type] if option.default is None else option.type
-    return option.name, _flag(annotation, decl, help=option.help, panel=option.panel), option.default
+    metavar = choice_metavar(option.choices) if option.choices else None
+    return option.name, _flag(annotation, decl, help=option.help, panel=option.panel, metavar=metavar), option.default
 
 
 def _target_flags() -> tuple[list[tuple[str, Any, Any]], DeployError | None]:
@@ -249,11 +278,13 @@ def export_command(**params: Any) -> None:
 export_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]  # what Typer reads
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
     for name, annotation, default in _EXPORT_FLAGS + _TARGET_FLAGS + _EXPORT_OUTPUT_FLAGS])
-app.command("export")(export_command)
-export_app.command()(export_command)
+with_metavars(export_command)
+app.command("export", cls=Command)(export_command)
+export_app.command(cls=Command)(export_command)
 
 
-@app.command("validate")
+@app.command("validate", cls=Command)
+@with_metavars
 def validate_command(
     artifact: Annotated[Path, typer.Argument(help="an exported artifact (.onnx, .tflite, .mlpackage, ...)")],
     model: ModelOpt = "conv_small",
@@ -293,7 +324,8 @@ def validate_command(
     _guarded(body)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=Command)
+@with_metavars
 def inspect_command(
     artifact: Annotated[Path, typer.Argument(help="an exported artifact")],
     target: Annotated[Optional[str], typer.Option("--target", help="target name [default: from the file name]")] = None,
@@ -318,15 +350,16 @@ def inspect_command(
     _guarded(body)
 
 
-@app.command("check")
+@app.command("check", cls=Command)
+@with_metavars
 def check_command(
     artifact: Annotated[Path, typer.Argument(help="a model file, e.g. any .tflite")],
     target: Annotated[str, typer.Option("--target", help="whose accelerator rules apply")] = "edgetpu",
     strict: Annotated[bool, typer.Option("--strict", help="exit 3 when any op would leave the accelerator")] = False,
     compiler_log: Annotated[Optional[Path], typer.Option("--compiler-log", help="a vendor compiler log "
                                                          "(edgetpu_compiler -s output) to parse too")] = None,
-    platform: Annotated[Optional[str], typer.Option("--platform", help="the chip, for targets built for several "
-                                                    "(rknn: rk3588, rk3576, ...)")] = None,
+    platform: Annotated[Optional[str], typer.Option("--platform", help="the chip or configuration, for targets built "
+                                                    "for several (rknn: rk3588, ...; ethos-u55: u55-128, ...)")] = None,
     output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
 ) -> None:
     """Check a model against an accelerator's op rules, op by op (EdgeTPU: any .tflite; RKNN: Rockchip's toolkit)."""
@@ -365,7 +398,8 @@ def check_command(
     _guarded(body)
 
 
-@app.command("models")
+@app.command("models", cls=Command)
+@with_metavars
 def models_command(output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table) -> None:
     """List the model names `--model` accepts."""
     def body() -> int:
@@ -386,7 +420,8 @@ def models_command(output: Annotated[OutputFormat, typer.Option("--output")] = O
     _guarded(body)
 
 
-@app.command("targets")
+@app.command("targets", cls=Command)
+@with_metavars
 def targets_command(output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table) -> None:
     """List every registered target and whether its backend is installed here."""
     def body() -> int:
@@ -454,7 +489,8 @@ def _min_cosine(text: Optional[str]) -> dict:
     return found
 
 
-@app.command("benchmark")
+@app.command("benchmark", cls=Command)
+@with_metavars
 def benchmark_command(
     models: Annotated[str, typer.Option("--models", help="comma-separated model names")] = "conv_small",
     targets: Annotated[str, typer.Option("--targets", help="comma-separated targets, or all (every registered "
@@ -550,7 +586,8 @@ def _model_names(text: str) -> tuple:
     return names
 
 
-@app.command("build")
+@app.command("build", cls=Command)
+@with_metavars
 def build_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="deploy YAML (see examples/deploy.yaml)")],
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel processes (each prepares its own model "
@@ -583,7 +620,8 @@ def build_command(
     _guarded(body)
 
 
-@app.command("merge-manifests")
+@app.command("merge-manifests", cls=Command)
+@with_metavars
 def merge_command(
     dirs: Annotated[list[Path], typer.Argument(help="directories holding manifest.json files (searched recursively)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the merged manifest and reports go")] = Path("."),
@@ -603,7 +641,8 @@ def merge_command(
     _guarded(body)
 
 
-@app.command("merge-eval")
+@app.command("merge-eval", cls=Command)
+@with_metavars
 def merge_eval_command(
     dirs: Annotated[list[Path], typer.Argument(help="--out folders of the sharded runs (each holds eval/)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the merged eval/ records and summary go")] = Path("."),
@@ -626,12 +665,13 @@ def merge_eval_command(
     _guarded(body)
 
 
-toolchain_app = typer.Typer(add_completion=False, no_args_is_help=True,
+toolchain_app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                             help="Vendor toolchains that run outside this environment (e.g. rknn-toolkit2).")
 app.add_typer(toolchain_app, name="toolchain")
 
 
-@toolchain_app.command("install")
+@toolchain_app.command("install", cls=Command)
+@with_metavars
 def toolchain_install_command(
     name: Annotated[str, typer.Argument(help="toolchain name (see `mnv4-deploy toolchain status`)")],
     force: Annotated[bool, typer.Option("--force", help="reinstall even when installed with the same pins")] = False,
@@ -645,7 +685,8 @@ def toolchain_install_command(
     _guarded(body)
 
 
-@toolchain_app.command("status")
+@toolchain_app.command("status", cls=Command)
+@with_metavars
 def toolchain_status_command(
     name: Annotated[Optional[str], typer.Argument(help="one toolchain [default: all]")] = None,
     output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,

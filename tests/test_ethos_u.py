@@ -193,6 +193,11 @@ def test_check_runs_vela_on_any_tflite_and_names_each_cpu_fallback_with_velas_re
     assert strict.exit_code == 3
     verdict = json.loads(strict.stdout)
     assert not verdict["fully_mapped"] and verdict["settings"]["accelerator"] == "ethos-u85-256"
+    small = CliRunner().invoke(app, ["check", str(path), "--target", "ethos-u55", "--platform", "u55-64",
+                                     "--output", "json"])
+    assert small.exit_code == 0 and json.loads(small.stdout)["settings"]["accelerator"] == "ethos-u55-64"
+    other = CliRunner().invoke(app, ["check", str(path), "--target", "ethos-u55", "--platform", "u85-512"])
+    assert other.exit_code == 2 and "u55-32, u55-64, u55-128, u55-256" in other.stderr, other.output
     cpu = {op["op"]: op["reasons"] for op in verdict["cpu_ops"]}
     assert set(cpu) == {"QUANTIZE", "DEQUANTIZE"} and all(r and r[0] for r in cpu.values())
     assert verdict["counts"]["on_cpu"] == 2 and verdict["counts"]["on_npu"] == verdict["counts"]["ops"] - 2

@@ -27,7 +27,7 @@ from ..tflite.common import REPRODUCIBLE
 from ..tflite.int8_target import BACKENDS, embed_contract, nhwc_full_integer, require_plan
 from ..tflite.io_types import IO_DTYPE, check_io_dtype
 from ..tflite.runtime import TfliteArtifacts
-from .configs import OPTIONS, VelaSettings, settings_for
+from .configs import CONFIG_NAMES, OPTIONS, VelaSettings, settings_for
 from .report import NPU_OP, VelaReport, vela_report
 from .vela import require_vela, run_vela
 
@@ -103,8 +103,9 @@ class EthosUConverter(TfliteArtifacts):
     def _outputs(output: Any) -> tuple[Path, ...]:
         return tuple(p for p in (output.compiled, output.summary_csv, output.per_layer_csv) if p is not None)
 
-    def check(self, path: Path, compiler_log: Path | None = None) -> dict[str, Any]:
-        """`mnv4-deploy check`: Vela on any .tflite at this target's default settings, the same table."""
+    def check(self, path: Path, compiler_log: Path | None = None, platform: str | None = None) -> dict[str, Any]:
+        """`mnv4-deploy check`: Vela on any .tflite, the same table; `--platform u55-128` picks the MAC
+        configuration (default: the family's, as for an export), Arm's system config and memory mode."""
         import tempfile
 
         from mnv4_deploy.converters.tflite.flatbuffer import read_tflite
@@ -116,7 +117,7 @@ class EthosUConverter(TfliteArtifacts):
         if any(op.op == NPU_OP for op in read_tflite(Path(path)).ops):
             raise UsageError(f"{Path(path).name} is already compiled by Vela (it holds an ethos-u custom op)",
                              "check the integer TFLite it was compiled from")
-        settings = self.settings(ExportOptions())
+        settings = self.settings(ExportOptions(ethos_config=platform))
         with tempfile.TemporaryDirectory(prefix="mnv4-vela-") as tmp:
             report = vela_report(Path(path), run_vela(Path(path), Path(tmp), settings, self.info.name), settings)
             return report.to_dict()
@@ -128,6 +129,7 @@ def _target(family: str, description: str) -> EthosUConverter:
         name=name, format="tflite", precision="int8", suffix=f".{name}.tflite",
         backend_modules=(*BACKENDS, "ethosu"), extra="ethos", needs_calibration=True, upstream="tflite-int8",
         options=(IO_DTYPE, STRICT, *OPTIONS),
+        check_platforms=tuple(c for c in CONFIG_NAMES if c.startswith(f"{family}-")),  # check --platform u55-128
         description=f"Arm Ethos-{family.upper()} ({description}): the plan's int8-I/O TFLite, judged in LiteRT, "
                     "compiled by Vela (_vela.tflite, summary and per-layer CSV, op/memory/cycle report)"), family)
 
