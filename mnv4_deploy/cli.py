@@ -52,7 +52,8 @@ def _print_version(value: bool) -> None:
 @app.callback()
 @with_metavars
 def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                 help="show the version and the installed backends' versions, then exit")] = False,
+                                                 help="show the versions of this tool and its "
+                                                      "installed backends, then exit")] = False,
           ) -> None:
     # the group's own options; its help text is the Typer(help=...) above
     pass
@@ -122,10 +123,9 @@ EvalWorkersOpt = Annotated[int, typer.Option("--eval-workers", help="processes d
                                              "(0: in the main process)")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue an interrupted evaluation from the records "
                                          "in --out/eval/")]
-EvalReferenceFromOpt = Annotated[Optional[Path], typer.Option("--eval-reference-from", help="reuse the reference "
-                                                              "model's per-image records of an earlier run (its --out "
-                                                              "or --out/eval) when model, recipe, contract and images "
-                                                              "match; else they are recomputed, saying why")]
+EvalReferenceFromOpt = Annotated[Optional[Path], typer.Option("--eval-reference-from", help="reuse the reference's "
+                                                              "per-image records of an earlier run's --out when model, "
+                                                              "recipe, contract and images match")]
 
 
 def _eval_options(shard: Optional[str], workers: int, resume: bool, eval_data: Optional[Path],
@@ -146,6 +146,9 @@ def _eval_options(shard: Optional[str], workers: int, resume: bool, eval_data: O
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
+
+
+OutputOpt = Annotated[OutputFormat, typer.Option("--output", help="table or json on stdout")]
 
 
 class OverflowFix(str, Enum):
@@ -294,8 +297,8 @@ def validate_command(
     data: DataOpt = None,
     num_classes: NumClassesOpt = None,
     img_size: ImgSizeOpt = None,
-    golden_count: Annotated[int, typer.Option("--golden-count")] = 8,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    golden_count: Annotated[int, typer.Option("--golden-count", help="golden inputs for parity")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="seed for synthetic inputs and sampling")] = 0,
     eval_data: EvalDataOpt = None,
     eval_size: EvalSizeOpt = None,
     max_drop: MaxDropOpt = None,
@@ -303,7 +306,7 @@ def validate_command(
     eval_workers: EvalWorkersOpt = 2,
     eval_reference_from: EvalReferenceFromOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="also write report.json/.md here")] = None,
-    output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Re-validate an existing artifact against the model (e.g. after a vendor tool touched it)."""
     def body() -> int:
@@ -360,7 +363,7 @@ def check_command(
                                                          "(edgetpu_compiler -s output) to parse too")] = None,
     platform: Annotated[Optional[str], typer.Option("--platform", help="the chip or configuration, for targets built "
                                                     "for several (rknn: rk3588, ...; ethos-u55: u55-128, ...)")] = None,
-    output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Check a model against an accelerator's op rules, op by op (EdgeTPU: any .tflite; RKNN: Rockchip's toolkit)."""
     def body() -> int:
@@ -400,7 +403,7 @@ def check_command(
 
 @app.command("models", cls=Command)
 @with_metavars
-def models_command(output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table) -> None:
+def models_command(output: OutputOpt = OutputFormat.table) -> None:
     """List the model names `--model` accepts."""
     def body() -> int:
         from . import models
@@ -422,7 +425,7 @@ def models_command(output: Annotated[OutputFormat, typer.Option("--output")] = O
 
 @app.command("targets", cls=Command)
 @with_metavars
-def targets_command(output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table) -> None:
+def targets_command(output: OutputOpt = OutputFormat.table) -> None:
     """List every registered target and whether its backend is installed here."""
     def body() -> int:
         from .registry import target_rows
@@ -444,7 +447,6 @@ def targets_command(output: Annotated[OutputFormat, typer.Option("--output")] = 
 
 # ---- matrix commands: benchmark, build, merge-manifests ------------------------------------------
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines, only the result table")]
-OutputOpt = Annotated[OutputFormat, typer.Option("--output", help="table or json on stdout")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="same as --output json")]
 
 
@@ -504,10 +506,10 @@ def benchmark_command(
     eval_data: EvalDataOpt = None,
     eval_size: EvalSizeOpt = None,
     max_drop: MaxDropOpt = None,
-    min_cosine: Annotated[Optional[str], typer.Option("--min-cosine", help="extra parity gates, e.g. "
-                                                      "onnx=0.9999,onnx-int8=0.99")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="state-dict files per model, e.g. "
-                                                   "conv_small=a.pth,conv_medium=b.safetensors")] = None,
+    min_cosine: Annotated[Optional[str], typer.Option("--min-cosine", help="extra parity gates, "
+                                                      "TARGET=COSINE comma-separated, e.g. onnx-int8=0.99")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="comma-separated MODEL=FILE "
+                                                   "state dicts, e.g. conv_small=a.pth")] = None,
     pretrained: PretrainedOpt = False,
     sensitivity_images: Annotated[int, typer.Option("--sensitivity-images", help="calibration images for the "
                                                     "report's per-layer int8 sensitivity (0: off)")] = 2,
@@ -645,7 +647,8 @@ def merge_command(
 @with_metavars
 def merge_eval_command(
     dirs: Annotated[list[Path], typer.Argument(help="--out folders of the sharded runs (each holds eval/)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="where the merged eval/ records and summary go")] = Path("."),
+    out: Annotated[Path, typer.Option("--out", "-o",
+                                      help="output directory for the merged eval/ and summary")] = Path("."),
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="fail (exit 4) when a target's top-1 "
                                                       "drop over all shards exceeds this many points")] = None,
     output: OutputOpt = OutputFormat.table,
@@ -689,7 +692,7 @@ def toolchain_install_command(
 @with_metavars
 def toolchain_status_command(
     name: Annotated[Optional[str], typer.Argument(help="one toolchain [default: all]")] = None,
-    output: Annotated[OutputFormat, typer.Option("--output")] = OutputFormat.table,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Where each toolchain is and whether it can run here (exit 5 when the one named cannot)."""
     def body() -> int:

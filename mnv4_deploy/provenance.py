@@ -7,7 +7,8 @@ importing the package) and state reproducibility under the same keys.
 from __future__ import annotations
 
 import platform
-from importlib.metadata import PackageNotFoundError, version
+import re
+from importlib.metadata import PackageNotFoundError, requires, version
 from typing import Any, Iterable, Mapping
 
 # Packages whose versions decide what an artifact contains (the report's and manifest's `versions`).
@@ -43,6 +44,31 @@ def tool_versions(names: Iterable[str], missing: str | None = NOT_INSTALLED) -> 
 def package_versions() -> dict[str, str]:
     """Python and every tracked package that is installed (the report's `versions`)."""
     return {"python": platform.python_version(), **tool_versions(TRACKED_PACKAGES, missing=None)}
+
+
+# The extras that bring a backend (`pip install 'mnv4-deploy[NAME]'`), and the core packages that matter as one.
+BACKEND_EXTRAS = ("onnx", "tflite", "coreml", "executorch", "openvino", "ethos")
+CORE_BACKENDS = ("torch", "torchvision", "timm", "numpy")
+_EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([\w-]+)["']""")
+
+
+def backend_versions() -> dict[str, dict[str, str]]:
+    """Per extra (and "core"), each package it requires with its installed version or "not installed".
+
+    Read from this distribution's metadata, so nothing heavy is imported; run from a source tree
+    that was never installed, the extras are unknown and only the core is listed.
+    """
+    groups: dict[str, dict[str, str]] = {"core": tool_versions(CORE_BACKENDS)}
+    try:
+        requirements = requires("mnv4-deploy") or []
+    except PackageNotFoundError:
+        return groups
+    for line in requirements:
+        marker = _EXTRA_MARKER.search(line)
+        name = re.match(r"[A-Za-z0-9._-]+", line).group(0)  # type: ignore[union-attr]
+        if marker and marker.group(1) in BACKEND_EXTRAS and name != "mnv4-deploy":
+            groups.setdefault(marker.group(1), {}).update(tool_versions([name]))
+    return groups
 
 
 def own_version() -> str:

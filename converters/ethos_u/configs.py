@@ -45,9 +45,8 @@ VELA_INI = "Arm/vela.ini"
 _PANEL = "Ethos-U"
 ETHOS_CONFIG = TargetOption("ethos_config", str, None, "Ethos-U MAC configuration, one per family, e.g. u55-128 "
                             "or u55-128,u85-512 (default: u55-256, u65-256, u85-256)", panel=_PANEL)
-ETHOS_SYSTEM_CONFIG = TargetOption("ethos_system_config", str, None, "Vela system config of Arm/vela.ini "
-                                   "(default: Vela's for the family: Ethos_U55_High_End_Embedded, "
-                                   "Ethos_U65_Client_Server, Ethos_U85_SYS_DRAM_Mid)", panel=_PANEL, choices=SYSTEM_CONFIGS)
+ETHOS_SYSTEM_CONFIG = TargetOption("ethos_system_config", str, None, "Vela system config of Arm/vela.ini, "
+                                   "e.g. Ethos_U85_SYS_DRAM_Mid (default: Vela's for the family)", panel=_PANEL, choices=SYSTEM_CONFIGS)
 ETHOS_MEMORY_MODE = TargetOption("ethos_memory_mode", str, None, "Vela memory mode of Arm/vela.ini (default: "
                                  "Vela's: U55 Shared_Sram, U65/U85 Dedicated_Sram_384KB)", panel=_PANEL,
                                  choices=MEMORY_MODES)
