@@ -200,6 +200,10 @@ class Artifact:
     to compute (e.g. the int8 plan's fake-quant model): the pipeline then also judges the
     artifact against it, which separates "the converter expressed the recipe faithfully" from
     "the recipe loses this much against float".
+
+    `metadata` keys the core reads: `notes` (the report's note column) and `details_table`
+    (a plain-text table the converter already formats, e.g. Vela's op/memory/cycle summary or
+    the RKNN toolkit's layer placement, shown under the target's own heading in report.md).
     """
 
     target: str

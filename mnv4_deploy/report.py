@@ -239,6 +239,9 @@ class Report:
         md.append("| " + " | ".join(rows[0]) + " |")
         md.append("|" + "---|" * len(rows[0]))
         md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows[1:]]
+        for r in self.results:  # what a target's converter reports beyond one row (report.json has it too)
+            if r.metadata.get("details_table"):
+                md += ["", f"## {r.target}", "", "```", str(r.metadata["details_table"]).rstrip(), "```"]
         md += ["", f"Exit code: {self.exit_code}", ""]
         return "\n".join(md)
 

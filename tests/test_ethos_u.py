@@ -68,6 +68,12 @@ def test_digits_pass_on_all_three_targets_with_the_int8_accuracy_and_plan(digits
         assert "this run's tflite-int8 artifact" in result.metadata["full_integer_source"]  # quantized once
         assert result.metadata["io_dtype"] == "int8" and result.metadata["inputs"][0]["dtype"] == "int8"
         assert result.metadata["plan_ranges"] == tfl.metadata["plan_ranges"]
+    markdown = (out / "report.md").read_text()  # Vela's table under each target's heading, CPU ops and cycles
+    sections = markdown.split("\n## ")[1:]
+    assert [s.split("\n")[0] for s in sections] == list(ETHOS), [s.split("\n")[0] for s in sections]
+    for name, section in zip(ETHOS, sections):
+        on_npu = report.result(name).metadata["vela"]["counts"]["on_npu"]
+        assert f"operators: {on_npu} of " in section and "cycles" in section.lower(), section
 
 
 def test_the_integer_model_is_tflite_int8_with_int8_io(digits_run, trained_digits):

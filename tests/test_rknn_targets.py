@@ -53,6 +53,8 @@ def test_int8_and_fp16_pass_in_the_simulator_and_int8_keeps_the_onnx_int8_bound(
     placed = meta["placement"]
     assert placed["dtypes"].get("INT8", 0) > 40 and placed["dtypes"].get("FLOAT16", 0) <= 2, placed["dtypes"]
     assert [layer["op"] for layer in placed["off_npu"]] == ["Reshape"], placed["off_npu"]
+    section = (out / "report.md").read_text().split("\n## rknn-int8\n")[1]  # the placement table in report.md
+    assert "Reshape" in section.split("\n## ")[0], section
     assert meta["reproducible"] is False and "heap addresses" in meta["reproducible_reason"]
     # the toolkit's per-layer report runs on fp16 in the simulator; for a QDQ model it wants a board
     assert report.result("rknn").metadata["accuracy_analysis"]["ran"]

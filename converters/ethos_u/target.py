@@ -93,6 +93,7 @@ class EthosUConverter(TfliteArtifacts):
         job.log(report.format_table())
         refuse_if_strict_or_over_budget(report, job.options.strict, self.info.name)
         meta["vela"] = report.to_dict()
+        meta["details_table"] = report.format_table()
         meta["vela_outputs"] = [p.name for p in self._outputs(output)]
         meta["notes"] = [report.headline()]
         meta.update(REPRODUCIBLE)  # of the integer .tflite; Vela 5.2.0 writes the same bytes again (a test compares)

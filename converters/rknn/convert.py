@@ -118,7 +118,7 @@ def convert(conv: "RknnConverter", job: ConvertJob) -> Artifact:
     else:
         session.close()
     meta = {"platform": platform.name, "toolkit": built["toolkit"], "full_integer": full_integer,
-            "onnx": manifest["onnx"], "rknn": manifest["rknn"], "placement": placed, "placement_table": table,
+            "onnx": manifest["onnx"], "rknn": manifest["rknn"], "placement": placed, "details_table": table,
             "accuracy_analysis": _analysis_summary(analysis), "toolkit_warnings": built["warnings"],
             "rknn_device": device, "reproducible": False, "reproducible_reason": NOT_REPRODUCIBLE,
             "notes": [_where_judged(platform.name, device, placed)]}
