@@ -47,8 +47,8 @@ def _full_integer_plan(job: ConvertJob, target: str) -> "QuantPlan":
         raise UsageError(f"target {target} needs calibration images", "pass --calib-data DIR")
     if plan.float_layers:
         shown = ", ".join(plan.float_layers[:4]) + (" ..." if len(plan.float_layers) > 4 else "")
-        raise UsageError(f"target {target} lowers the whole plan to XNNPACK's int8 kernels, but the run's plan "
-                         f"keeps {len(plan.float_layers)} unit(s) in float ({shown})",
+        raise UsageError(f"target {target} cannot run mixed precision (it lowers the whole plan to XNNPACK's int8 "
+                         f"kernels), but the run's plan keeps {len(plan.float_layers)} unit(s) in float ({shown})",
                          "raise --max-drop or drop --eval-data/--max-drop for this target; onnx-int8 can keep them")
     return plan.with_quantized_output()
 

@@ -23,14 +23,21 @@ if TYPE_CHECKING:
 
 BACKENDS = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
 def require_plan(job: ConvertJob, target: str) -> "QuantPlan":
-    """The full-integer variant of the run's plan (made once per plan, shared with edgetpu and
-    executorch-int8); a clear error when there is no plan."""
+    """The full-integer variant of the run's plan with LiteRT's fixed softmax grid (made once per
+    plan, shared with edgetpu and the Ethos-U targets); a clear error when there is no plan."""
     from .full_integer import check_plan_full_integer
 
     if job.plan is None or job.calibration is None:
         raise UsageError(f"target {target} needs calibration images", "pass --calib-data DIR")
     check_plan_full_integer(job.plan, target)
-    return job.plan.with_quantized_output()
+    plan = job.plan.with_quantized_output()
+    fixed = plan.with_fixed_softmax_grids(job.log)  # LiteRT's int8 SOFTMAX writes on 1/256, zero point -128
+    if fixed is not plan:
+        wide = plan.calibrated_softmax_grids
+        job.log(f"{target}: LiteRT's int8 SOFTMAX has a fixed 1/256 output grid; {len(wide)} softmax(es) the plan "
+                f"calibrates (up to {max(wide.values())} wide: {', '.join(list(wide)[:3])}) computed on it, "
+                f"biases re-corrected; onnx-int8/coreml-int8 keep the finer grids")
+    return fixed
 
 
 def embed_contract(path: Path, job: ConvertJob, info: TargetInfo, layout: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ..batches import Run, torch_runner
 from ..errors import UsageError
 from ..recipes import Recipe
 from .bias_correction import BiasCorrectionStats, correct_bias
-from .calibrate import ObservedRange, calibrate_ranges, output_points
+from .calibrate import ObservedRange, calibrate_ranges, fixed_grid_unit, output_points, softmax_width, unit_range_grid
 from .equalize import EqualizationStats, absorb_biases, equalize
 from .graph import QuantGraph, build_quant_graph
 from .modules import QuantOps, QuantWeighted, is_depthwise
@@ -71,6 +71,7 @@ class QuantPlan:
         self.float_units = frozenset(float_units)
         self._float_outputs = frozenset() if settings.quantize_output else frozenset(output_points(qg))
         self._quantized_output: QuantPlan | None = None  # made once: every full-integer target shares it
+        self._fixed_softmax: QuantPlan | None = None  # made once: every fixed-softmax-grid target shares it
         self._apply(self._qg.gm)
 
     # ---- structure ----------------------------------------------------------------------
@@ -235,12 +236,54 @@ class QuantPlan:
         plan = QuantPlan(qg, self.settings, self._ranges, self.observed, self._correction_data,
                          copy.deepcopy(self.stats), self.float_units | frozenset(units), self._code_maxima)
         if self.settings.bias_correction if recorrect is None else recorrect:
-            for name in plan.layers:
-                layer = plan._layer(name)
-                layer.bias_q = layer.bias.clone()
-            plan.stats["bias_correction"] = _layerwise(plan, adaround_layers=False, correct=True,
-                                                       log=log or (lambda _: None))["bias_correction"]
+            plan._recorrect_biases(log)
         return plan
+
+    def _recorrect_biases(self, log: Log | None = None) -> None:
+        """Redo bias correction from the layers' own biases (after upstream grids or float units changed)."""
+        for name in self.layers:
+            layer = self._layer(name)
+            layer.bias_q = layer.bias.clone()
+        self.stats["bias_correction"] = _layerwise(self, adaround_layers=False, correct=True,
+                                                   log=log or (lambda _: None))["bias_correction"]
+
+    @property
+    def calibrated_softmax_grids(self) -> dict[str, int]:
+        """Softmax units whose output grid was calibrated (axis wider than the fixed grid resolves), with
+        their axis widths: on the fixed [0, 1) 1/256 grid their mean weight would round to few or no steps."""
+        fixed = unit_range_grid(self.settings.act_bits, self.settings.act_dtype)
+        found = {}
+        for name in self._qg.units:
+            width = softmax_width(self._qg, name)
+            if (width is not None and not fixed_grid_unit(self._qg, name) and self._point_enabled(name)
+                    and self._ranges[name] != fixed):
+                found[name] = width
+        return found
+
+    def with_fixed_softmax_grids(self, log: Log | None = None) -> "QuantPlan":
+        """A copy whose every softmax output sits on the fixed [0, 1) grid of 2^-bits steps.
+
+        For int8 kernels whose softmax output scale is fixed (LiteRT's SOFTMAX: 1/256, zero point
+        -128; so tflite-int8, EdgeTPU, Ethos-U): they cannot compute the calibrated grid the plan
+        gives a wide softmax, so their emulation is this variant. Bias correction is redone (it
+        absorbs the coarser attention downstream). The plan itself when no grid changes; made once.
+        """
+        wide = self.calibrated_softmax_grids
+        if not wide:
+            return self
+        if self._fixed_softmax is None:
+            ranges = dict(self._ranges)
+            grid = unit_range_grid(self.settings.act_bits, self.settings.act_dtype)
+            for p in self._qg.points:
+                if self._qg.points[self._qg.root_point(p)].unit in wide:
+                    ranges[p] = grid
+            plan = QuantPlan(copy.deepcopy(self._qg), self.settings, ranges, self.observed, self._correction_data,
+                             copy.deepcopy(self.stats), self.float_units, self._code_maxima)
+            if self.settings.bias_correction:
+                plan._recorrect_biases(log)
+            plan.stats["fixed_softmax_grids"] = sorted(wide)
+            self._fixed_softmax = plan
+        return self._fixed_softmax
 
     def with_quantized_output(self) -> "QuantPlan":
         """A copy whose output points (the logits) quantize too, on their calibrated minmax grid.
@@ -307,6 +350,7 @@ class QuantPlan:
                        "shared_points": sum(1 for p in qg.points.values() if p.shared_from is not None),
                        "float_units": len(self.float_units)},
             "float_units": self.float_layers,
+            "calibrated_softmax_grids": self.calibrated_softmax_grids,
             "steps": self.stats,
             "overflow": self.overflow,
             "points": points,
