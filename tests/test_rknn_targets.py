@@ -316,3 +316,72 @@ def test_the_spelling_keeps_every_weight_value_and_moves_only_zero_point_0_scale
     assert all(int(z) in (0, 128) for (s, z), (s2, _) in zip(quant, quant2) if s != s2)
     for s, s2 in moved:
         assert abs(float(s2) * TOOLKIT_RESCALE / float(s) - 1) < 1e-6
+
+
+def _affine_beside_a_residual(tmp_path):
+    """QDQ ONNX of the pattern in an MNv4 hybrid block whose pre-norm stays an affine (scale, shift): one
+    DequantizeLinear read by the affine (Mul, Add; the toolkit folds it into an int8 BatchNormalization) and by
+    the residual Add. Built by hand (int8 activations at non-zero zero points, int8 1x1 conv)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    channels = 8
+    tensors = {"s_in": np.float32(0.05), "zp_in": np.int8(3), "s_n": np.float32(0.04), "zp_n": np.int8(-2),
+               "s_c": np.float32(0.06), "zp_c": np.int8(1), "s_o": np.float32(0.08), "zp_o": np.int8(4),
+               "scale": rng.uniform(0.5, 1.5, (1, channels, 1, 1)).astype(np.float32),
+               "shift": rng.uniform(-0.3, 0.3, (1, channels, 1, 1)).astype(np.float32),
+               "wq": rng.integers(-127, 128, (channels, channels, 1, 1)).astype(np.int8),
+               "ws": np.full(channels, 0.01, np.float32), "wzp": np.zeros(channels, np.int8)}
+
+    def qdq(x: str, s: str, z: str, y: str) -> list:
+        return [helper.make_node("QuantizeLinear", [x, s, z], [y + "_q"]),
+                helper.make_node("DequantizeLinear", [y + "_q", s, z], [y])]
+
+    nodes = [*qdq("input", "s_in", "zp_in", "x"),
+             helper.make_node("Mul", ["x", "scale"], ["scaled"]), helper.make_node("Add", ["scaled", "shift"], ["norm"]),
+             *qdq("norm", "s_n", "zp_n", "normed"),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["w"], axis=0),
+             helper.make_node("Conv", ["normed", "w"], ["conv"]), *qdq("conv", "s_c", "zp_c", "branch"),
+             helper.make_node("Add", ["branch", "x"], ["sum"]), *qdq("sum", "s_o", "zp_o", "out")]
+    shape = [1, channels, 6, 6]
+    graph = helper.make_graph(nodes, "affine_residual", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in tensors.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "affine_residual.onnx"
+    onnx.save(model, str(path))
+    return path, shape, float(tensors["s_o"])
+
+
+@needs_toolkit
+def test_a_dequantize_shared_by_an_affine_and_a_residual_gets_one_copy_per_reader(tmp_path):
+    """The cause of the compiler's segfault on MNv4 hybrid int8 (converters/rknn/readers.py): as written, the
+    toolkit folds the affine into a BatchNormalization, drops the DequantizeLinear the residual Add reads too,
+    and segfaults; spelled with one DequantizeLinear per reader it builds, and the simulator follows
+    onnxruntime on the plan's graph (the int8 BatchNormalization's fixed-point rounding: 1 LSB on <1% of codes)."""
+    import onnxruntime as ort
+
+    from mnv4_deploy.converters.rknn.run import session_log
+    from mnv4_deploy.converters.rknn.spelling import write_toolkit_onnx
+    from mnv4_deploy.converters.rknn.toolchain import open_session
+    from mnv4_deploy.errors import DeployError
+
+    plain, shape, s_out = _affine_beside_a_residual(tmp_path)
+    spelled = tmp_path / "spelled.onnx"
+    assert write_toolkit_onnx(plain, spelled)["dequantize_copies_one_per_reader"] == 1
+    x = np.random.default_rng(1).normal(0, 2, (6, *shape[1:])).astype(np.float32)
+    session = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([session.run(None, {"input": image[None]})[0] for image in x])
+    args = {"input_name": "input", "input_shape": shape, "mean": [0.0] * shape[1], "std": [1.0] * shape[1],
+            "platform": "rk3588", "optimization_level": 2}
+    with open_session("rknn-int8", session_log("rknn-int8")) as worker:
+        with pytest.raises(DeployError, match="SIGSEGV"):
+            worker.call("build", {"onnx": str(plain), **args})
+    with open_session("rknn-int8", session_log("rknn-int8")) as worker:
+        worker.call("build", {"onnx": str(spelled), **args})
+        worker.call("open_runtime", {})
+        out = worker.call("infer", arrays={"x": x})[1]["logits"].reshape(expected.shape)
+    steps = np.round((out - expected) / s_out)
+    assert np.abs(steps).max() <= 1 and np.mean(steps != 0) < 0.01, (np.abs(steps).max(), np.mean(steps != 0))

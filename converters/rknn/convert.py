@@ -33,7 +33,9 @@ BUILD_TIMEOUT_S = 1800.0
 ANALYSIS_IMAGES = 1  # the toolkit dumps every layer of every image as text (~100 MB per 224 px image)
 SPELLING_WHY = ("rknn-toolkit2 re-rounds any tensor whose zero point is 0 onto a grid 128/127 coarser; weights are "
                 "written with zero point -1 (the same values) and activation scales at zero point 0/128 times "
-                "127/128 (the toolkit multiplies them back): converters/rknn/spelling.py")
+                "127/128 (the toolkit multiplies them back); every reader of an activation's DequantizeLinear gets its "
+                "own copy (its compiler segfaults when it folds a shared one into a BatchNormalization): "
+                "converters/rknn/spelling.py, readers.py")
 NOT_REPRODUCIBLE = ("rknn-toolkit2 2.5.0 writes process memory (heap addresses) into the .rknn: two builds of the "
                     "same ONNX differ in about 1,600 bytes; the ONNX and every other bundle file are deterministic")
 

@@ -16,7 +16,9 @@ Two spellings keep the plan's numbers through that rule:
 - activations with a zero point of 0 (int8) or 128 (uint8): the scale times 127/128, which
   the toolkit multiplies back. Its symmetric grid keeps the code -128, so this is exact in the
   toolkit; the ONNX read by another runtime computes that tensor on a 0.79% finer grid.
-Everything else is left alone.
+And one more, for the toolkit's compiler rather than its numbers: every reader of an activation's
+DequantizeLinear gets its own copy (`readers.py`; without it MNv4 hybrid attention segfaults the
+compiler). Everything else is left alone.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .readers import dedicate_dequantize_readers
 
 WEIGHT_ZERO_POINT = -1
 TOOLKIT_RESCALE = 128.0 / 127.0  # what the toolkit multiplies a zero-point-0 scale by
@@ -111,10 +115,11 @@ def write_toolkit_onnx(source: Path, target: Path) -> dict[str, Any]:
     constants = _constants(model)
     weights, kept = _respell_weights(model, constants)
     activations = _respell_activations(model, constants)
+    readers = dedicate_dequantize_readers(model, set(constants))
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
     return {"weight_tensors_zero_point_minus_1": weights, "weight_tensors_kept": kept,
-            "activation_scales_times_127_128": activations}
+            "activation_scales_times_127_128": activations, "dequantize_copies_one_per_reader": readers}
 
 
 __all__ = ["TOOLKIT_RESCALE", "WEIGHT_ZERO_POINT", "write_toolkit_onnx"]
