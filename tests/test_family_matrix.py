@@ -58,10 +58,7 @@ FAST_PAIRS = {("timm:tf_mobilenetv3_small_100", "tflite-int8")}  # SAME padding 
 REFUSED: dict[tuple[str, str], str] = {}
 # (model, target) -> why it fails today after conversion work (not a refusal up front); strict
 # xfail, so the day it passes the matrix says so and the line goes
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("hybrid_medium", "rknn-int8"): "rknn-toolkit2 2.5.0's compiler segfaults on the int8 attention (softmax x V "
-                                    "MatMul with an int8 output, V reshaped 3-D -> 4-D); fp16 builds",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 # targets whose artifact is also judged against the run's int8 plan emulation
 PLAN_TARGETS = {"onnx-int8", "tflite-int8", "edgetpu", "coreml-int8", "ethos-u55", "ethos-u65", "ethos-u85",
                 "rknn-int8"}
