@@ -228,6 +228,12 @@ class Report:
         if fallback:
             lines.append(f"int8 fallback: {len(fallback['kept_float'])} layers kept in float "
                          f"(simulated drop {fallback['initial_drop']:.2f} -> {fallback['final_drop']:.2f} pt)")
+            lines += [f"kept in float: {t['unit']} ({t['op']}): {t['reason']}" for t in fallback["tries"] if t["kept"]]
+        wide = ((self.quantization or {}).get("plan") or {}).get("calibrated_softmax_grids")
+        if wide:
+            lines.append(f"int8 plan: {len(wide)} softmax(es) wider than the fixed 1/256 grid resolves keep a calibrated "
+                         f"grid ({', '.join(f'{u}: {n} wide' for u, n in list(wide.items())[:4])}); LiteRT-based "
+                         f"targets compute them on the fixed grid")
         if self.model.get("calibration"):
             cal = self.model["calibration"]
             lines.append(f"calibration: {cal['count']} images from {cal['source']} (sha256 {cal['sha256'][:16]})")

@@ -59,6 +59,9 @@ def test_fallback_keeps_sensitive_layers_float_to_meet_a_budget(trained_digits, 
     assert abs(int8.accuracy["drop_top1"] - fallback["final_drop"]) <= 1.0  # ORT agrees with the simulation
     assert (int8.status == "passed") == fallback["met"]
     assert set(fallback["kept_float"]) <= set(int8.metadata["float_layers"])
+    summary = report.to_markdown()  # report.md names each layer kept in float and why
+    for unit in fallback["kept_float"]:
+        assert f"kept in float: {unit} (" in summary and "by sensitivity" in summary
 
 
 def test_int8_needs_calibration_and_a_new_enough_opset(tmp_path, digit_folders):
