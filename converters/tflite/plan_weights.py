@@ -109,8 +109,23 @@ def write_plan_weights(path: Path, plan: Any) -> dict[str, Any]:
             "weight_tensors_unmatched": unmatched}
 
 
+def _folded_constants(model: Any, bias: Any, values: np.ndarray) -> np.ndarray:
+    """What the converter added to the layer's bias beyond the plan's own, per channel (0 where nothing).
+
+    LiteRT folds a constant that follows a layer into its bias: hard-sigmoid's +3 before a ReLU6
+    fused into a FULLY_CONNECTED (Mobile-Former's Dynamic ReLU coefficients). The quantizer's int32
+    bias then holds plan bias + that constant; a difference within half its own step is its rounding.
+    """
+    written = _tensor_array(model, bias, np.int32).astype(np.float64)
+    steps = np.asarray(bias.quantization.scale, np.float64)
+    difference = written * steps - values.astype(np.float64)
+    return np.where(np.abs(difference) <= 0.5 * steps * (1 + 1e-6), 0.0, difference)
+
+
 def _rewrite_bias(model: Any, bias: Any, values: np.ndarray, input_scale: float, weight_scales: np.ndarray) -> None:
-    """int32 bias on input_scale x weight_scale, as the plan's int32 bias is rounded."""
+    """int32 bias on input_scale x weight_scale, as the plan's int32 bias is rounded (plus any constant the
+    converter folded into it)."""
+    values = values.astype(np.float64) + _folded_constants(model, bias, values)
     scales = (np.float32(input_scale) * weight_scales.astype(np.float32)).astype(np.float32)
     ints = np.clip(np.round(values.astype(np.float32) / scales), -(2 ** 31 - 1), 2 ** 31 - 1).astype(np.int32)
     _set_array(model, bias, ints)
