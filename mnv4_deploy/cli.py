@@ -152,7 +152,7 @@ OutputOpt = Annotated[OutputFormat, typer.Option("--output", help="table or json
 
 
 class OverflowFix(str, Enum):
-    """--overflow-fix (the values of quantize.OVERFLOW_FIX_MODES)."""
+    """--overflow-fix (the values of options.OVERFLOW_FIX_MODES)."""
 
     auto = "auto"
     all = "all"

@@ -16,6 +16,10 @@ from typing import Any, Iterable, Mapping
 
 from .errors import DeployError, UsageError
 
+# --overflow-fix: which GEMM-run channels get 7-bit weights so x86 int16 pair sums cannot saturate
+# (quant/overflow.py); kept here, torch-free, so the CLI and the pipeline check it before any model loads
+OVERFLOW_FIX_MODES = ("auto", "all", "off")
+
 OPTION_TYPES = (bool, int, float, str)
 
 

@@ -23,7 +23,7 @@ from .batches import torch_logits
 from .calibration_stream import calibration_set
 from .errors import EXIT_ACCURACY, EXIT_OTHER, EXIT_PARITY, DeployError, OutputNotWritable, UsageError
 from .preprocess import Preprocess
-from .quantize import OVERFLOW_FIX_MODES
+from .options import OVERFLOW_FIX_MODES
 from .recipes import Recipe, load_recipe
 from .registry import (Artifact, ConvertJob, Converter, ExportOptions, NotRunnable, Runner, build_order,
                        declared_options, find_targets, load_target, parse_targets, target_for_artifact)

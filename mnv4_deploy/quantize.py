@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 SENSITIVITY_IMAGES = 32  # calibration images the sensitivity ranking runs on
-# --overflow-fix: which GEMM-run channels get 7-bit weights so x86 int16 pair sums cannot saturate
-# (quant/overflow.py); here, where the run picks it, so the CLI need not import torch to check it
-OVERFLOW_FIX_MODES = ("auto", "all", "off")
 
 
 @dataclass

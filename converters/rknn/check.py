@@ -15,7 +15,7 @@ from typing import Any
 from mnv4_deploy.errors import UsageError
 
 from .layers import placement, placement_table
-from .run import QDQ_OPTIMIZATION_LEVEL, session_log
+from .run import BUILD_TIMEOUT_S, QDQ_OPTIMIZATION_LEVEL, session_log
 from .toolchain import open_session
 
 
@@ -38,8 +38,6 @@ def _input(path: Path) -> tuple[str, list[int], bool]:
 
 
 def check_onnx(target: str, path: Path, platform: str) -> dict[str, Any]:
-    from .convert import BUILD_TIMEOUT_S
-
     if path.suffix.lower() != ".onnx":
         raise UsageError(f"{path}: the RKNN check reads ONNX models", "pass a .onnx file (e.g. one --to onnx wrote)")
     name, shape, qdq = _input(path)

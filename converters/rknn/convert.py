@@ -21,7 +21,7 @@ from mnv4_deploy.registry import Artifact, ConvertJob
 from . import bundle as bundle_files
 from .layers import placement, placement_table
 from .platforms import get_platform
-from .run import keep_live, session_log, to_pixels, toolkit_config
+from .run import BUILD_TIMEOUT_S, keep_live, session_log, to_pixels, toolkit_config
 from .spelling import write_toolkit_onnx
 from .toolchain import open_session
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from . import RknnConverter
 
 OPSET = 17  # rknn-toolkit2 2.5.0 loads opsets up to 19; 17 is what the QDQ writer and OpenVINO use
-BUILD_TIMEOUT_S = 1800.0
 ANALYSIS_IMAGES = 1  # the toolkit dumps every layer of every image as text (~100 MB per 224 px image)
 SPELLING_WHY = ("rknn-toolkit2 re-rounds any tensor whose zero point is 0 onto a grid 128/127 coarser; weights are "
                 "written with zero point -1 (the same values) and activation scales at zero point 0/128 times "

@@ -24,6 +24,7 @@ from mnv4_deploy.toolchains.session import WorkerSession
 from . import bundle as bundle_files
 
 QDQ_OPTIMIZATION_LEVEL = 2
+BUILD_TIMEOUT_S = 1800.0  # a toolkit build (or its accuracy analysis) of a large model on a loaded host
 INFER_TIMEOUT_S = 120.0  # plus PER_IMAGE_S per image of a batch
 PER_IMAGE_S = 10.0
 _LIVE: dict[str, WorkerSession] = {}  # .rknn sha256 -> the worker that built it
@@ -77,8 +78,6 @@ def _open(target: str, bundle: Path, manifest: Mapping[str, Any], device: str | 
     session = _LIVE.pop(manifest["rknn"]["sha256"], None)
     how = "the build that wrote the bundle's .rknn"
     if session is None or session.proc.poll() is not None:
-        from .convert import BUILD_TIMEOUT_S
-
         session = open_session(target, session_log(target))
         config = manifest["config"]
         session.call("build", {"onnx": str(bundle / manifest["onnx"]["file"]), "input_name": manifest["input"]["name"],

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..quantize import OVERFLOW_FIX_MODES
+from ..options import OVERFLOW_FIX_MODES
 INT16_MAX = 32767
 INT16_MIN = -32768
 SAFE_BITS = 7  # 255 * 63 * 2 = 32,130 < 32,767
@@ -222,6 +222,6 @@ def x86_saturation(plan: Any) -> dict[str, Any]:
     return meta
 
 
-__all__ = ["CODE_MARGIN", "OVERFLOW_FIX_MODES", "SAFE_BITS", "LayerOverflow", "calibrated_codes", "channels_at_risk",
+__all__ = ["CODE_MARGIN", "SAFE_BITS", "LayerOverflow", "calibrated_codes", "channels_at_risk",
            "channels_to_fix", "input_code_maxima", "layer_overflow", "pair_sum_extremes", "summarize",
            "x86_saturation"]

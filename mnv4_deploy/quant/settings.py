@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from ..errors import UsageError
 from ..recipes import Recipe, load_recipe
-from .overflow import OVERFLOW_FIX_MODES
+from ..options import OVERFLOW_FIX_MODES
 from .qparams import ACT_DTYPES
 
 DEFAULT_BATCH = 32
