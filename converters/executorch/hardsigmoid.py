@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from .graph_pass import rewrite_calls
+
 
 def spell_hardsigmoid_with_float_constants(graph_module: Any) -> int:
     """Replace every `aten.hardsigmoid` of an exported graph by add/clamp/div on float scalars; return the count."""
     import torch
 
     aten = torch.ops.aten
-    graph = graph_module.graph
-    rewritten = 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.hardsigmoid.default:
-            continue
+
+    def rewrite(graph: Any, node: Any) -> bool:
         with graph.inserting_before(node):
             shifted = graph.call_function(aten.add.Tensor, (node.args[0], 3.0))
             clamped = graph.call_function(aten.clamp.default, (shifted, 0.0, 6.0))
@@ -31,7 +30,6 @@ def spell_hardsigmoid_with_float_constants(graph_module: Any) -> int:
             new.meta = dict(node.meta)
         node.replace_all_uses_with(gate)
         graph.erase_node(node)
-        rewritten += 1
-    if rewritten:
-        graph_module.recompile()
-    return rewritten
+        return True
+
+    return rewrite_calls(graph_module, aten.hardsigmoid.default, rewrite)

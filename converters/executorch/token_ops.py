@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .graph_pass import rewrite_calls
+
 
 def _dequantizes_after(node: Any) -> list[Any]:
     """The dequantizes of `node -> quantize -> dequantize(s)` when that is its only use; else []."""
@@ -61,16 +63,11 @@ def spell_means_with_keepdim(graph_module: Any) -> int:
     """`mean(x, dims)` -> `mean(x, dims, keepdim=True)` then a reshape; returns how many."""
     import torch
 
-    aten = torch.ops.aten
-    graph = graph_module.graph
-    count = 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.mean.dim:
-            continue
+    def rewrite(graph: Any, node: Any) -> bool:
         x, dims = node.args[0], node.args[1]
         keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         if keepdim or not dims:
-            continue
+            return False
         out_shape = tuple(int(d) for d in node.meta["val"].shape)
         rank = x.meta["val"].dim()
         kept = tuple(1 if i in {d % rank for d in dims} else int(s) for i, s in enumerate(x.meta["val"].shape))
@@ -82,10 +79,9 @@ def spell_means_with_keepdim(graph_module: Any) -> int:
             dropped = _reshape_after(graph, end, out_shape)
             if dequantizes:  # re-quantized on the same grid, as the plan does after a reshape
                 dropped = _requantize_after(graph, dropped, next(iter(node.users)), end)
-        count += 1
-    if count:
-        graph_module.recompile()
-    return count
+        return True
+
+    return rewrite_calls(graph_module, torch.ops.aten.mean.dim, rewrite)
 
 
 def spell_selects_as_slices(graph_module: Any) -> int:
@@ -93,11 +89,8 @@ def spell_selects_as_slices(graph_module: Any) -> int:
     import torch
 
     aten = torch.ops.aten
-    graph = graph_module.graph
-    count = 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten.select.int:
-            continue
+
+    def rewrite(graph: Any, node: Any) -> bool:
         x, dim, index = node.args
         size = int(x.meta["val"].shape[dim])
         index = index % size
@@ -112,10 +105,9 @@ def spell_selects_as_slices(graph_module: Any) -> int:
         dropped.meta = dict(node.meta)
         node.replace_all_uses_with(dropped)
         graph.erase_node(node)
-        count += 1
-    if count:
-        graph_module.recompile()
-    return count
+        return True
+
+    return rewrite_calls(graph_module, aten.select.int, rewrite)
 
 
 def requantize_concat_inputs(graph_module: Any) -> int:
