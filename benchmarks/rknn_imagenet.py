@@ -59,11 +59,26 @@ def _row(name: str, label: str, reference: np.ndarray, logits: np.ndarray, label
     dots = (reference * logits).sum(1) / np.maximum(np.linalg.norm(reference, axis=1) * np.linalg.norm(logits, axis=1),
                                                     1e-30)
     return {"model": name, "label": label, "top1": acc["top1"], "drop_top1": acc["drop_top1"],
+            **top1_ties(logits, labels),
             "drop_ci95": acc["drop_top1_ci95"], "only_float_right": acc["only_reference_right"],
             "only_model_right": acc["only_artifact_right"], "mcnemar_p": acc["mcnemar_p"],
             "cosine_mean": float(dots.mean()), "cosine_min": float(dots.min()), "seconds": round(seconds, 1),
             # top-1 hits as the pipeline counts them (quantized logits tie; argmax alone would break ties its own way)
             "top1_hits": [bool(h) for h in correct_flags(logits, labels)[0]], **(extra or {})}
+
+
+def top1_ties(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Images whose highest logit is shared by several classes (int8 logits), and what top-1 is without them.
+
+    A tie is an ambiguity the model hands its user; the counted top-1 breaks it as the pipeline does
+    (argpartition), which may fall either way. `top1_ties_wrong` counts every tie as a miss.
+    """
+    top = logits.max(1)
+    tied = (logits == top[:, None]).sum(1) > 1
+    label_top = logits[np.arange(len(labels)), labels] == top
+    return {"top1_ties": int(tied.sum()), "top1_ties_with_label": int((tied & label_top).sum()),
+            "top1_ties_wrong": float(100.0 * np.mean(label_top & ~tied)),
+            "distinct_logits_mean": float(np.mean([len(np.unique(row)) for row in logits]))}
 
 
 def versus(ours: dict, theirs: dict) -> dict:
@@ -75,6 +90,16 @@ def versus(ours: dict, theirs: dict) -> dict:
     n = only_ours + only_theirs
     return {"only_ours_right": only_ours, "only_theirs_right": only_theirs,
             "mcnemar_p": float(binomtest(min(only_ours, only_theirs), n, 0.5).pvalue) if n else 1.0}
+
+
+def paired_logits(ours: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
+    """Two logit sets of the same images: per-image cosine, argmax disagreements, and who is right where."""
+    from mnv4_deploy.validate import correct_flags
+
+    cos = (ours * other).sum(1) / np.maximum(np.linalg.norm(ours, axis=1) * np.linalg.norm(other, axis=1), 1e-30)
+    pair = versus({"top1_hits": correct_flags(ours, labels)[0]}, {"top1_hits": correct_flags(other, labels)[0]})
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "argmax_differs": int((ours.argmax(1) != other.argmax(1)).sum()), **pair}
 
 
 def _simulate(session: Any, pixels: np.ndarray, chunk: int = 50) -> np.ndarray:
@@ -112,6 +137,7 @@ def rknn_rows(work: Path, pipeline: dict, calib_dir: Path, heldout_dir: Path, pl
                                    "input_shape": shape, **config,
                                    "optimization_level": manifest["config"]["optimization_level"]}, timeout=3600)
             logits = _simulate(session, pixels)
+        np.save(work / "rknn_ours_logits.npy", logits)
         return _row("rknn-int8", "ours: the plan's QDQ ONNX, toolkit scales kept (rknn-int8)", reference, logits,
                     labels, time.time() - started, {"logits_sha": _sha(logits)})
 
@@ -127,6 +153,29 @@ def rknn_rows(work: Path, pipeline: dict, calib_dir: Path, heldout_dir: Path, pl
                     reference, logits, labels, time.time() - started)
 
     rows.append(_cached(work / "qdq_onnxruntime.json", ours_exact))
+
+    def emulation() -> dict:  # the plan itself (PyTorch fake-quant), rebuilt from the same images: what ours should compute
+        from mnv4_deploy.batches import run_chunked
+        from mnv4_deploy.pipeline import prepare_model
+        from mnv4_deploy.quant import build_plan
+        from mnv4_deploy.weights_packages import weights_file
+
+        started = time.time()
+        bundle = Path(pipeline["rknn_bundle"])
+        wanted = json.loads((bundle / "manifest.json").read_text())["onnx"]["plan_sha256"]
+        prepared = prepare_model(MODEL, weights=weights_file(WEIGHTS_FOR), log=log)
+        plan = build_plan(prepared.canonical, calib.tensors, "default", log=log, overflow_fix="off")  # as rknn-int8
+        if plan.sha256 != wanted:
+            raise SystemExit(f"the rebuilt plan {plan.sha256[:12]} is not the bundle's {wanted[:12]}: rerun with a new --work")
+        logits = run_chunked(plan.emulation(), heldout.tensors, 25)
+        np.save(work / "emulation_logits.npy", logits)
+        return _row("emulation", "the plan's PyTorch emulation (fake-quant; not a deliverable)", reference, logits,
+                    labels, time.time() - started, {"plan_sha256": plan.sha256})
+
+    rows.append(_cached(work / "emulation.json", emulation))
+    ours_logits, emu_logits = work / "rknn_ours_logits.npy", work / "emulation_logits.npy"
+    if ours_logits.exists() and emu_logits.exists():  # how far the simulator sits from the plan it runs
+        next(r for r in rows if r["model"] == "rknn-int8")["vs_emulation"] = paired_logits(np.load(ours_logits), np.load(emu_logits), labels)
     calib_pixels = to_pixels(calib.tensors, config["mean"], config["std"])
     for algorithm in ALGORITHMS:
         def theirs(algorithm: str = algorithm) -> dict:
@@ -169,7 +218,18 @@ def verdicts(rows: list[dict]) -> list[str]:
     theirs = [r for r in rows if r["model"].startswith("rknn-quant")]
     best = max(theirs, key=lambda r: r["top1"])
     pair = best["vs_ours"]
-    return [f"- `rknn-int8`: drop {ours['drop_top1']:+.2f} pt vs float, "
+    lines = []
+    if ours.get("vs_emulation"):
+        e = ours["vs_emulation"]
+        lines.append(f"- `rknn-int8` against the plan it runs (its emulation): mean cosine {e['cosine_mean']:.6f} (min "
+                     f"{e['cosine_min']:.5f}), top-1 class differs on {e['argmax_differs']} images; only the simulator "
+                     f"right {e['only_ours_right']}, only the emulation right {e['only_theirs_right']} "
+                     f"(McNemar p {e['mcnemar_p']:.3f})")
+    if "top1_ties" in best:
+        lines.append(f"- {best['model']} outputs int8 logits: {best['top1_ties']} images tie at top-1 ({best['top1_ties_with_label']} "
+                     f"with the label among the tied); counting those as misses it scores {best['top1_ties_wrong']:.2f}; "
+                     f"`rknn-int8` has {ours.get('top1_ties', 'unrecorded')} ties")
+    return lines + [f"- `rknn-int8`: drop {ours['drop_top1']:+.2f} pt vs float, "
             f"{'within' if ours['drop_top1'] <= GOAL_POINTS else 'MISSES'} the {GOAL_POINTS} pt goal; "
             f"{'not below' if ours['top1'] >= best['top1'] else 'BELOW'} Rockchip's best quantizer by its point "
             f"estimate ({best['model']}: {ours['top1']:.2f} vs {best['top1']:.2f}); image by image, only ours is "
@@ -187,17 +247,20 @@ def markdown(summary: dict) -> str:
              f"{r['calibration_sha256'][:12]}); split `split_samples.py --seed 0`. Host: {summary['cpu']['model_name']}, "
              f"VNNI {', '.join(summary['cpu']['vnni']) or 'none'}. Command: `{summary['command']}`.", "",
              "| model | top-1 | drop pt (95% CI) | only float right / only model right | McNemar p | "
-             "cosine vs float (mean / min) | vs ours: only ours right / only this right (p) |",
-             "|---|---|---|---|---|---|---|"]
+             "cosine vs float (mean / min) | vs ours: only ours right / only this right (p) | "
+             "top-1 ties (label in the tie) / top-1 with ties as misses |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         if row["model"] == "float":
-            lines.append(f"| {row['label']} | {row['top1']:.2f} | - | - | - | - | - |")
+            lines.append(f"| {row['label']} | {row['top1']:.2f} | - | - | - | - | - | - |")
             continue
         ci, pair = row["drop_ci95"], row.get("vs_ours")
         paired = f"{pair['only_ours_right']} / {pair['only_theirs_right']} ({pair['mcnemar_p']:.3f})" if pair else "-"
+        ties = (f"{row['top1_ties']} ({row['top1_ties_with_label']}) / {row['top1_ties_wrong']:.2f}"
+                if "top1_ties" in row else "not recorded")
         lines.append(f"| {row['label']} | {row['top1']:.2f} | {row['drop_top1']:+.2f} ({ci[0]:+.2f}, {ci[1]:+.2f}) | "
                      f"{row['only_float_right']} / {row['only_model_right']} | {fmt(row['mcnemar_p'], '.3f')} | "
-                     f"{row['cosine_mean']:.4f} / {row['cosine_min']:.4f} | {paired} |")
+                     f"{row['cosine_mean']:.4f} / {row['cosine_min']:.4f} | {paired} | {ties} |")
     lines += ["", f"## Goal: within {GOAL_POINTS} pt of float, no worse than Rockchip's quantizer", "",
               *summary["verdicts"]]
     return "\n".join(lines) + "\n"
