@@ -232,8 +232,8 @@ class Report:
         wide = ((self.quantization or {}).get("plan") or {}).get("calibrated_softmax_grids")
         if wide:
             lines.append(f"int8 plan: {len(wide)} softmax(es) wider than the fixed 1/256 grid resolves keep a calibrated "
-                         f"grid ({', '.join(f'{u}: {n} wide' for u, n in list(wide.items())[:4])}); LiteRT-based "
-                         f"targets compute them on the fixed grid")
+                         f"grid ({', '.join(f'{u}: {n} wide' for u, n in list(wide.items())[:4])}); a target whose int8 "
+                         f"softmax has a fixed grid notes how it computes them")
         if self.model.get("calibration"):
             cal = self.model["calibration"]
             lines.append(f"calibration: {cal['count']} images from {cal['source']} (sha256 {cal['sha256'][:16]})")

@@ -95,7 +95,7 @@ class EthosUConverter(TfliteArtifacts):
         meta["vela"] = report.to_dict()
         meta["details_table"] = report.format_table()
         meta["vela_outputs"] = [p.name for p in self._outputs(output)]
-        meta["notes"] = [report.headline()]
+        meta["notes"] = [report.headline(), *meta.get("notes", [])]
         meta.update(REPRODUCIBLE)  # of the integer .tflite; Vela 5.2.0 writes the same bytes again (a test compares)
         return Artifact(self.info.name, path, self.info.precision, meta, emulation=plan.emulation(),
                         companions=self._outputs(output))

@@ -6,11 +6,16 @@ Steps, and why each:
 2. match its tensors to the plan's points (plan_ranges.py) and hand the quantizer the plan's
    ranges as its calibration result: `recipe.static_wi8_ai8()` then writes per-channel int8
    weights and int8 activations on the plan's grids; only tensors the plan has no point for
-   keep the quantizer's own min/max from a few calibration images. Its weights are re-derived
+   keep the quantizer's own min/max, over up to QUANTIZER_IMAGES calibration images (such a
+   tensor can carry real signal: a Linear's output before the bias the converter folded into a
+   following constant ADD; on 16 images its range clipped half the values of one held-out photo). Its weights are re-derived
    from the grid weights (max |w| / 127), which misses the plan's 7-bit channels, so the plan's
-   own integers, scales and int32 biases are written over them (plan_weights.py);
-3. set the I/O type (io_types.py) and refuse a model that still computes anything in float,
-   naming the op (GELU and friends stay float in ai-edge-quantizer).
+   own integers, scales and int32 biases are written over them (plan_weights.py), and values the
+   converter folded into constants (token-only paths) go on their points' grids (plan_constants.py);
+3. refuse a model that still computes anything in float, naming the op (GELU and friends stay
+   float in ai-edge-quantizer); then, where asked (tflite-int8), compute the softmaxes the plan
+   gives a calibrated grid in float between DEQUANTIZE/QUANTIZE (softmax_islands.py), and set
+   the I/O type (io_types.py).
 """
 from __future__ import annotations
 
@@ -27,10 +32,12 @@ from mnv4_deploy.errors import DeployError, UsageError
 from .convert import export_float_tflite
 from .flatbuffer import read_tflite
 from .io_types import set_io_dtype
+from .plan_constants import write_plan_constants
 from .plan_weights import write_plan_weights
+from .softmax_islands import float_softmax_islands
 from .plan_ranges import calibration_result, capture_point_values, float_tensor_values, grid_agreement, match_tensors
 
-QUANTIZER_IMAGES = 16  # images the quantizer calibrates on, for tensors the plan has no point for
+QUANTIZER_IMAGES = 256  # calibration images the quantizer reads (min/max) for tensors the plan has no point for
 QUANTIZATION = ("ai_edge_quantizer recipe.static_wi8_ai8 (per-channel int8 weights, int8 activations) with "
                 "the plan's activation ranges as its calibration result")
 
@@ -77,8 +84,13 @@ def float_ops(path: Path) -> list[str]:
 
 
 def build_full_integer(plan: Any, calib: np.ndarray, example: Any, path: Path, layout: str, io_dtype: str,
-                       log: Callable[[str], None] = print, target: str = "tflite-int8") -> dict[str, Any]:
-    """Write the full-integer .tflite of `plan` to `path`; return facts for the artifact metadata."""
+                       log: Callable[[str], None] = print, target: str = "tflite-int8",
+                       float_softmax: bool = False) -> dict[str, Any]:
+    """Write the full-integer .tflite of `plan` to `path`; return facts for the artifact metadata.
+
+    With `float_softmax`, the plan's calibrated-grid softmaxes run in float (the only float ops;
+    listed under "float_softmax"); without it the plan must have none (see
+    QuantPlan.with_fixed_softmax_grids)."""
     from ai_edge_quantizer import quantizer, recipe
 
     started = time.perf_counter()
@@ -95,16 +107,21 @@ def build_full_integer(plan: Any, calib: np.ndarray, example: Any, path: Path, l
         raise DeployError("ai-edge-quantizer returned no model for the static int8 recipe")
     path.write_bytes(bytes(result.quantized_model))
     weights = write_plan_weights(path, plan)
-    grids = grid_agreement(path, match, ranges)
+    weights.update(write_plan_constants(path, torch_values, ranges))
     left = float_ops(path)
     if left:
         raise UsageError(f"cannot make the model full-integer: {len(left)} op(s) stay float, first {left[0]}",
                          "replace the op (e.g. GELU by ReLU) or use tflite-dynamic / onnx-int8")
+    islands = float_softmax_islands(path, plan, match) if float_softmax else []
+    if plan.calibrated_softmax_grids and len(islands) != len(plan.calibrated_softmax_grids):
+        raise DeployError(f"{target}: {len(plan.calibrated_softmax_grids)} softmax(es) need the plan's calibrated "
+                          f"grid but {len(islands)} SOFTMAX op(s) of the converted model carry them")
+    grids = grid_agreement(path, match, ranges)
     set_io_dtype(path, io_dtype)
     log(f"full-integer tflite: {len(match.points)} tensors on the plan's ranges, "
         f"{len(match.unmatched_tensors)} calibrated by the quantizer, {grids['tensors_off_plan_grid']} off-grid")
     return {"route": f"{facts['route']} of the plan's adjusted float model -> ai_edge_quantizer static int8",
             "quantization": QUANTIZATION, "io_dtype": io_dtype,
             "plan_ranges": {**match.summary(), **grids, "quantizer_images": min(len(calib), QUANTIZER_IMAGES)},
-            "plan_weights": weights,
+            "plan_weights": weights, "float_softmax": islands,
             "seconds_full_integer": round(time.perf_counter() - started, 3)}

@@ -84,7 +84,8 @@ def float_tensor_values(path: Path, image: np.ndarray, layout: str) -> dict[str,
     return values
 
 
-def _candidates(value: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+def candidate_layouts(value: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """A PyTorch value in the layouts a TFLite tensor of `shape` may hold it in."""
     out = []
     if value.ndim == 4:
         out.append(value.transpose(0, 2, 3, 1))
@@ -101,7 +102,7 @@ def match_tensors(tflite: dict[str, np.ndarray], torch_values: dict[str, np.ndar
         best: tuple[str, float] | None = None
         scale = float(np.abs(value).max()) + 1e-6
         for point, candidate_value in torch_values.items():
-            for candidate in _candidates(candidate_value, value.shape):
+            for candidate in candidate_layouts(candidate_value, value.shape):
                 err = float(np.abs(candidate - value).max()) / scale
                 if err < MATCH_RTOL and (best is None or err < best[1]):
                     best = (point, err)

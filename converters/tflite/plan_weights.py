@@ -26,7 +26,7 @@ _FROM_PLAN = {"CONV_2D": (0, 2, 3, 1), "DEPTHWISE_CONV_2D": (1, 2, 3, 0), "FULLY
 _CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 
 
-def _op_names(model: Any) -> list[str]:
+def op_names(model: Any) -> list[str]:
     from ai_edge_litert import schema_py_generated as schema
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -66,12 +66,12 @@ def write_plan_weights(path: Path, plan: Any) -> dict[str, Any]:
     """Rewrite `path` in place with the plan's weights; returns counts for the artifact metadata."""
     model, external = load_model_object(path)
     graph = model.subgraphs[0]
-    op_names = _op_names(model)
+    names = op_names(model)
     layers = _plan_layers(plan)
     taken: set[str] = set()
     rewritten = already = unmatched = 0
     for op in graph.operators:
-        kind = op_names[op.opcodeIndex]
+        kind = names[op.opcodeIndex]
         if kind not in _TO_PLAN or len(op.inputs) < 2:
             continue
         x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]

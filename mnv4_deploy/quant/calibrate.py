@@ -17,7 +17,12 @@ the fixed grid, which onnx-int8 also reaches); with the fixed grid every int8 ta
 the same weights as the emulation. A softmax over more than FIXED_GRID_MAX_SOFTMAX_WIDTH values
 keeps a calibrated grid: tokens reading a 56x56 map weigh each pixel about 1/3136, zero or one
 step of 1/256, and a random-init Mobile-Former's plan fell to cosine 0.68-0.91 vs float on the
-fixed grid (0.998 calibrated). LiteRT-based targets compute `QuantPlan.with_fixed_softmax_grids()`.
+fixed grid (0.998 calibrated). tflite-int8 computes such a softmax in float onto the plan's grid;
+EdgeTPU and Ethos-U compute `QuantPlan.with_fixed_softmax_grids()`.
+
+The inputs of an element-wise max/min of two activations take its output's grid (where they feed
+nothing else): LiteRT's int8 MAXIMUM/MINIMUM read them there, and since rounding commutes with
+max, that is one rounding instead of two for every target.
 """
 from __future__ import annotations
 
@@ -96,6 +101,36 @@ def unit_range_grid(bits: int, dtype: str) -> QParams:
     return QParams(f32(2.0 ** -bits), 0, 0, qmax).as_dtype(dtype)
 
 
+# element-wise max/min of two activations: the int8 kernels (LiteRT's MAXIMUM/MINIMUM) read both
+# inputs on the output's grid
+EXTREMUM_OPS = frozenset({"maximum", "minimum", "max", "min", "fmax", "fmin"})
+
+
+def _tie_extremum_inputs(qg: QuantGraph, grids: dict[str, QParams], outputs: set[str]) -> list[str]:
+    """Put the inputs of an element-wise max/min on its output's grid, where they feed nothing else.
+
+    A monotone quantizer commutes with max and min, so max(Q(a), Q(b)) on the output's grid is
+    Q(max(a, b)): one rounding, as the kernels compute it, where separate input grids would round
+    twice (Dynamic ReLU's max of two affines: an input grid 1.7x coarser than the output's).
+    """
+    fq_point = {point.module: p for p, point in qg.points.items()}
+    tied = []
+    for unit in qg.units.values():
+        if unit.op not in EXTREMUM_OPS or unit.point is None:
+            continue
+        node = next(n for n in qg.gm.graph.nodes if n.name == unit.node)
+        feeds = [n for n in node.all_input_nodes if n.op == "call_module" and n.target in fq_point]
+        if len(feeds) < 2:  # max against a constant (a clamp): nothing to share
+            continue
+        for feed in feeds:
+            p = fq_point[feed.target]
+            if qg.points[p].shared_from is None and p not in outputs and len(feed.users) == 1 and \
+                    not fixed_grid_unit(qg, qg.points[p].unit):
+                grids[p] = grids[qg.root_point(unit.point)]
+                tied.append(p)
+    return tied
+
+
 def calibrate_ranges(qg: QuantGraph, data: "torch.Tensor | Any", estimator: str, bits: int, symmetric: bool,
                      percentile: float, dtype: str, batch_size: int,
                      log: Callable[[str], None] = lambda _: None
@@ -128,8 +163,10 @@ def calibrate_ranges(qg: QuantGraph, data: "torch.Tensor | Any", estimator: str,
         lo, hi = obs.range(symmetric)
         grids[p] = qparams_for_range(lo, hi, bits, symmetric, dtype)
         observed[p] = ObservedRange(obs.min, obs.max, lo, hi)
+    tied = _tie_extremum_inputs(qg, grids, outputs)
     for p, point in qg.points.items():
         if point.shared_from is not None:
             grids[p] = grids[qg.root_point(p)]
-    log(f"calibrated {len(roots)} activation ranges ({estimator}, {len(passes)} pass(es) over {len(data)} images)")
+    log(f"calibrated {len(roots)} activation ranges ({estimator}, {len(passes)} pass(es) over {len(data)} images)"
+        + (f"; {len(tied)} max/min input(s) on their output's grid" if tied else ""))
     return grids, observed

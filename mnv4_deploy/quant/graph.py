@@ -38,6 +38,9 @@ RESHAPE_METHODS = {"reshape", "view", "flatten", "permute", "transpose", "squeez
                    "expand", "expand_as", "view_as", "t"}
 RESHAPE_FUNCS = {torch.reshape, torch.flatten, torch.permute, torch.transpose, torch.squeeze,
                  torch.unsqueeze, torch.t, operator.getitem, F.max_pool2d}
+# ops returning a tuple of pieces of their input (each piece then taken by getitem, reshape-like)
+SPLIT_METHODS = {"unbind", "chunk", "split", "tensor_split"}
+SPLIT_FUNCS = {torch.unbind, torch.chunk, torch.split, torch.tensor_split}
 LEAF_MODULES = WEIGHTED + FUSED_ACT_MODULES + IDENTITY_MODULES + RESHAPE_MODULES + (ChannelAffine,)
 
 
@@ -131,6 +134,12 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+def _is_split(node: fx.Node) -> bool:
+    split = (node.op == "call_method" and node.target in SPLIT_METHODS) or (
+        node.op == "call_function" and node.target in SPLIT_FUNCS)
+    return split and bool(node.args) and isinstance(node.args[0], fx.Node)
+
+
 def _is_zero_pad_call(node: fx.Node) -> bool:
     """`F.pad(x, pads)` in constant mode with value 0 (the default)."""
     if node.op != "call_function" or node.target not in (F.pad, torch._C._nn.pad):
@@ -213,6 +222,8 @@ def build_quant_graph(model: nn.Module, example: torch.Tensor) -> QuantGraph:
             continue
         dynamic.add(node.name)
         if not _is_float_tensor(node):
+            if _is_split(node):  # its pieces keep the input's grid (LiteRT's SPLIT/UNPACK cannot requantize)
+                source[node.name] = source.get(node.args[0].name)
             continue
         kind = _kind(gm, node)
         first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None

@@ -141,6 +141,10 @@ class QuantPlan:
         """Path of the module quantizing `point` (an Identity in `model`): hook it to read the value."""
         return self._qg.points[point].module
 
+    def point_unit(self, point: str) -> str:
+        """The unit whose output `point` quantizes (a point shared with another resolves to its root)."""
+        return self._qg.points[self._qg.root_point(point)].unit
+
     def _layer(self, unit: str) -> QuantWeighted:
         return self._qg.layer_module(unit)
 
