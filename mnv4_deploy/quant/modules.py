@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from .accumulator import bias_int_limit
 from .qparams import QParams
-
-INT32_MAX = 2 ** 31 - 1
 
 
 class QuantOps:
@@ -102,11 +101,18 @@ class QuantWeighted(nn.Module):
         return torch.tensor(self.input_qparams.scale, dtype=torch.float32) * self.weight_scale
 
     def bias_int(self) -> torch.Tensor | None:
-        """The int32 bias a runtime stores, or None when the input is not quantized."""
+        """The int32 bias a runtime stores, or None when the input is not quantized.
+
+        Clipped so that the bias plus any sum of products stays within int32 (accumulator.py): the
+        weight scales leave that room, so the clip only bites where bias correction grew a bias past it.
+        """
         scale = self.bias_scale()
         if scale is None:
             return None
-        return torch.clamp(torch.round(self.bias_q / scale), -INT32_MAX, INT32_MAX).to(torch.int64)
+        grid = self.input_qparams
+        limit = bias_int_limit(self.weight_int, grid.qmax - grid.qmin)
+        steps = torch.round(self.bias_q / scale).clamp(-2.0 ** 31, 2.0 ** 31).to(torch.int64)
+        return torch.minimum(torch.maximum(steps, -limit), limit)
 
     def effective_weight(self) -> torch.Tensor:
         if self.frozen:

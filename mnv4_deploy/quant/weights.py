@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from .accumulator import INT32_MAX, headroom_scales
 from .qparams import weight_scales
 
 _ZETA, _GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound paper)
@@ -34,17 +35,18 @@ def channel_qmax(bits: int | torch.Tensor, weight: torch.Tensor) -> torch.Tensor
 
 
 def quantize_weight(weight: torch.Tensor, bits: int | torch.Tensor = 8, per_channel: bool = True,
-                    min_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    bias_fill_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(integer weights, float32 scales per output channel), rounding to nearest (even).
 
-    `bits`: one width, or one per output channel. `min_scale` raises scales where a layer's
-    bias would not fit int32 otherwise.
+    `bits`: one width, or one per output channel. `bias_fill_scale` (`bias_fit_min_scale`, for a
+    layer with a quantized input) raises the scales of channels whose int32 bias plus sums of
+    products would not fit int32 otherwise (accumulator.py).
     """
     bits_array = bits.numpy() if isinstance(bits, torch.Tensor) else bits
     scale = torch.from_numpy(weight_scales(channel_amax(weight, per_channel).numpy(), bits_array))
-    if min_scale is not None:
-        scale = torch.maximum(scale, min_scale.float())
     qmax = channel_qmax(bits, weight)
+    if bias_fill_scale is not None:
+        scale = headroom_scales(weight, scale, qmax, bias_fill_scale)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     w_int = torch.clamp(torch.round(weight / scale.reshape(shape)), -qmax, qmax)
     return w_int.to(torch.int8), scale
@@ -104,7 +106,9 @@ def rounding_flips(w_int: torch.Tensor, weight: torch.Tensor, scale: torch.Tenso
     return float((nearest != w_int.float()).float().mean())
 
 
-def bias_fit_min_scale(bias: torch.Tensor, input_scale: float, bits: int = 32) -> torch.Tensor:
-    """Smallest weight scale per channel for which bias / (input_scale * w_scale) fits int32."""
-    limit = float(2 ** (bits - 1) - 1)
-    return (bias.abs() / (input_scale * limit) * (1 + 1e-6)).float()
+def bias_fit_min_scale(bias: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """Per channel, the weight scale at which bias / (input_scale * w_scale) alone fills int32.
+
+    A lower bound only: `quantize_weight` goes on to leave room for the sums of products too.
+    """
+    return (bias.detach().double().abs() / (float(input_scale) * INT32_MAX)).float()
