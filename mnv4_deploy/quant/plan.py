@@ -448,15 +448,15 @@ def _quantize_layer(layer: QuantWeighted, input_point: str | None, s: QuantSetti
                     ranges: Mapping[str, QParams], code_maxima: torch.Tensor | None = None) -> None:
     """Integer weights at the recipe's bits; a GEMM-run layer's channels the overflow fix picks get 7 bits."""
     bits = s.layer_bits(is_depthwise(layer))
-    min_scale = None if input_point is None else bias_fit_min_scale(layer.bias, ranges[input_point].scale)
-    w_int, scale = quantize_weight(layer.weight, bits, s.per_channel, min_scale)
+    bias_fill_scale = None if input_point is None else bias_fit_min_scale(layer.bias, ranges[input_point].scale)
+    w_int, scale = quantize_weight(layer.weight, bits, s.per_channel, bias_fill_scale)
     channel_bits = torch.full((w_int.shape[0],), bits, dtype=torch.int64)
     if input_point is not None and not is_depthwise(layer) and bits > SAFE_BITS:
         grid = ranges[input_point]
         fix = channels_to_fix(s.overflow_fix, w_int, code_maxima, grid.qmax - grid.qmin)
         if fix.any():
             channel_bits[fix if s.per_channel else slice(None)] = SAFE_BITS  # one scale: all channels or none
-            w_int, scale = quantize_weight(layer.weight, channel_bits, s.per_channel, min_scale)
+            w_int, scale = quantize_weight(layer.weight, channel_bits, s.per_channel, bias_fill_scale)
     layer.set_weights(w_int, scale, channel_bits)
 
 
