@@ -385,3 +385,20 @@ def test_a_dequantize_shared_by_an_affine_and_a_residual_gets_one_copy_per_reade
         out = worker.call("infer", arrays={"x": x})[1]["logits"].reshape(expected.shape)
     steps = np.round((out - expected) / s_out)
     assert np.abs(steps).max() <= 1 and np.mean(steps != 0) < 0.01, (np.abs(steps).max(), np.mean(steps != 0))
+
+
+@needs_toolkit
+def test_a_user_attention_with_token_linears_and_learned_tokens_builds_and_follows_the_plan(tmp_path):
+    """The spelling zoo's first bridge (tests/attention_zoo.py) through rknn-int8: its Linears on (B, T, C) tokens
+    run as 2-D Gemms (as exported, the toolkit's build fails: no int8 weight behind the fused bias) and its learned
+    tokens get an int8 grid (as a float16 island the compiler crashes); the simulator then follows the plan's
+    emulation (the slow zoo covers every spelling, converters/rknn/linears.py, constant_operands.py)."""
+    from test_attention_spellings import _prepare
+    from test_family_matrix import Matrix, check_passed
+
+    result = Matrix(tmp_path, prepare=_prepare).result("at-transposed@alone", "rknn-int8")
+    check_passed(result, "rknn-int8")
+    assert result.emulation_parity["cosine"] > 0.9999, result.emulation_parity
+    spelling = result.metadata["onnx"]["toolkit_spelling"]
+    assert spelling["linears_as_gemm"] == 3 and spelling["constant_operands_on_int8_grid"] == 1, spelling
+    assert 0 < spelling["constant_operands_largest_move"] <= 1 / 127 / 2 + 1e-6  # half a step of the tokens' grid

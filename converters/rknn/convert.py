@@ -22,7 +22,7 @@ from . import bundle as bundle_files
 from .layers import placement, placement_table
 from .platforms import get_platform
 from .run import BUILD_TIMEOUT_S, keep_live, session_log, to_pixels, toolkit_config
-from .spelling import write_toolkit_onnx
+from .spelling import write_float_toolkit_onnx, write_toolkit_onnx
 from .toolchain import open_session
 
 if TYPE_CHECKING:
@@ -33,8 +33,10 @@ ANALYSIS_IMAGES = 1  # the toolkit dumps every layer of every image as text (~10
 SPELLING_WHY = ("rknn-toolkit2 re-rounds any tensor whose zero point is 0 onto a grid 128/127 coarser; weights are "
                 "written with zero point -1 (the same values) and activation scales at zero point 0/128 times "
                 "127/128 (the toolkit multiplies them back); every reader of an activation's DequantizeLinear gets its "
-                "own copy (its compiler segfaults when it folds a shared one into a BatchNormalization): "
-                "converters/rknn/spelling.py, readers.py")
+                "own copy (its compiler segfaults when it folds a shared one into a BatchNormalization); a Linear on a "
+                "3-D/4-D input runs as a 2-D Gemm (its fused MatMul bias fails the build), and a float tensor constant "
+                "beside an int8 activation gets an int8 grid (its float16 island crashes the compiler): "
+                "converters/rknn/spelling.py, readers.py, linears.py, constant_operands.py")
 NOT_REPRODUCIBLE = ("rknn-toolkit2 2.5.0 writes process memory (heap addresses) into the .rknn: two builds of the "
                     "same ONNX differ in about 1,600 bytes; the ONNX and every other bundle file are deterministic")
 
@@ -60,7 +62,8 @@ def _onnx(conv: "RknnConverter", job: ConvertJob, path: Path, full_integer: bool
     from mnv4_deploy.converters.onnx import export_float_onnx
 
     export_float_onnx(job.model, job.example, path, OPSET, dynamic_batch=False, simplify=job.options.simplify)
-    return {"source": "the canonical model's float ONNX (export_float_onnx)"}
+    return {"source": "the canonical model's float ONNX (export_float_onnx)",
+            "toolkit_spelling": write_float_toolkit_onnx(path)}
 
 
 def _analysis_pixels(job: ConvertJob) -> np.ndarray:

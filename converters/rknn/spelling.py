@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from .readers import dedicate_dequantize_readers
+from .constant_operands import quantize_constant_operands
+from .linears import gemm_linears_as_matmul, linears_as_gemm
 
 WEIGHT_ZERO_POINT = -1
 TOOLKIT_RESCALE = 128.0 / 127.0  # what the toolkit multiplies a zero-point-0 scale by
@@ -107,19 +109,53 @@ def _respell_activations(model: Any, constants: dict[str, Any]) -> int:
     return spelled
 
 
+def _drop_unread_constants(model: Any) -> None:
+    """Initializers and Constant nodes that nothing reads any more (the respelled tensors' originals)."""
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    unread = [init for init in model.graph.initializer if init.name not in read]
+    for init in unread:
+        model.graph.initializer.remove(init)
+    kept = [node for node in model.graph.node if node.op_type != "Constant" or node.output[0] in read]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+
+
 def write_toolkit_onnx(source: Path, target: Path) -> dict[str, Any]:
     """Write `source` (a QDQ ONNX) to `target` in the spelling above; what was respelled, for the manifest."""
     import onnx
 
     model = onnx.load(str(source))
     constants = _constants(model)
+    def new_constant(name: str, array: np.ndarray) -> str:
+        return _set(model, constants, name, array)
+
+    linears = linears_as_gemm(model, constants, new_constant)
+    operands = quantize_constant_operands(model, constants, new_constant)
     weights, kept = _respell_weights(model, constants)
     activations = _respell_activations(model, constants)
     readers = dedicate_dequantize_readers(model, set(constants))
+    _drop_unread_constants(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
-    return {"weight_tensors_zero_point_minus_1": weights, "weight_tensors_kept": kept,
+    return {"linears_as_gemm": linears, "constant_operands_on_int8_grid": operands["count"],
+            "constant_operands_largest_move": operands["largest_move"],
+            "weight_tensors_zero_point_minus_1": weights, "weight_tensors_kept": kept,
             "activation_scales_times_127_128": activations, "dequantize_copies_one_per_reader": readers}
 
 
-__all__ = ["TOOLKIT_RESCALE", "WEIGHT_ZERO_POINT", "write_toolkit_onnx"]
+def write_float_toolkit_onnx(path: Path) -> dict[str, Any]:
+    """The float ONNX at `path` rewritten in place with its N-D Linears as MatMul (linears.py); what changed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    linears = gemm_linears_as_matmul(model)
+    if linears:
+        _drop_unread_constants(model)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+    return {"linears_as_matmul": linears,
+            "why": "rknn-toolkit2 loses a Gemm's value info when a Transpose reads its reshaped output: "
+                   "converters/rknn/linears.py"}
+
+
+__all__ = ["TOOLKIT_RESCALE", "WEIGHT_ZERO_POINT", "write_float_toolkit_onnx", "write_toolkit_onnx"]
