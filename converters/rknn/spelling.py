@@ -22,6 +22,7 @@ compiler). Everything else is left alone.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,7 @@ def write_toolkit_onnx(source: Path, target: Path) -> dict[str, Any]:
 
     model = onnx.load(str(source))
     constants = _constants(model)
-    def new_constant(name: str, array: np.ndarray) -> str:
-        return _set(model, constants, name, array)
-
+    new_constant = functools.partial(_set, model, constants)  # (name, array) -> the initializer's name
     linears = linears_as_gemm(model, constants, new_constant)
     operands = quantize_constant_operands(model, constants, new_constant)
     weights, kept = _respell_weights(model, constants)

@@ -126,7 +126,8 @@ def _boundary_tensor(graph: Any, like: Any, io_dtype: str) -> int:
     return len(graph.tensors) - 1
 
 
-def _op(model: Any, builtin: int, inputs: list[int], outputs: list[int]) -> Any:
+def conversion_op(model: Any, builtin: int, inputs: list[int], outputs: list[int]) -> Any:
+    """A QUANTIZE or DEQUANTIZE operator (its opcode added to the model when missing)."""
     from ai_edge_litert import schema_py_generated as schema
 
     codes = model.operatorCodes
@@ -152,7 +153,7 @@ def _add_input_conversion(model: Any, graph: Any, int8_input: int, io_dtype: str
     from ai_edge_litert import schema_py_generated as schema
 
     outer = _boundary_tensor(graph, graph.tensors[int8_input], io_dtype)
-    graph.operators.insert(0, _op(model, schema.BuiltinOperator.QUANTIZE, [outer], [int8_input]))
+    graph.operators.insert(0, conversion_op(model, schema.BuiltinOperator.QUANTIZE, [outer], [int8_input]))
     return outer
 
 
@@ -161,7 +162,7 @@ def _add_output_conversion(model: Any, graph: Any, int8_output: int, io_dtype: s
 
     outer = _boundary_tensor(graph, graph.tensors[int8_output], io_dtype)
     builtin = schema.BuiltinOperator.DEQUANTIZE if io_dtype == "float32" else schema.BuiltinOperator.QUANTIZE
-    graph.operators.append(_op(model, builtin, [int8_output], [outer]))
+    graph.operators.append(conversion_op(model, builtin, [int8_output], [outer]))
     return outer
 
 
@@ -171,4 +172,4 @@ def io_dtype_of(path: Path) -> str:
     return _type_name(model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].type).lower()
 
 
-__all__ = ["IO_DTYPES", "check_io_dtype", "set_io_dtype", "io_dtype_of"]
+__all__ = ["IO_DTYPES", "check_io_dtype", "conversion_op", "set_io_dtype", "io_dtype_of"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .io_types import conversion_op
 from .metadata import load_model_object, save_model_object
 from .plan_ranges import TensorMatch
 
@@ -34,30 +35,6 @@ def _float_tensor(graph: Any, like: Any, suffix: bytes) -> int:
     tensor.name, tensor.type = (like.name or b"softmax") + suffix, schema.TensorType.FLOAT32
     graph.tensors.append(tensor)
     return len(graph.tensors) - 1
-
-
-def _opcode_index(model: Any, builtin: int) -> int:
-    from ai_edge_litert import schema_py_generated as schema
-
-    for i, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
-            return i
-    code = schema.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
-
-
-def _conversion(model: Any, builtin: int, source: int, target: int) -> Any:
-    from ai_edge_litert import schema_py_generated as schema
-
-    op = schema.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = _opcode_index(model, builtin), [source], [target]
-    if builtin == schema.BuiltinOperator.QUANTIZE:
-        op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.QuantizeOptions, schema.QuantizeOptionsT()
-    else:
-        op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.DequantizeOptions, schema.DequantizeOptionsT()
-    return op
 
 
 def _retag_downstream(model: Any, start: int, old: tuple[list, list], new: tuple[list, list]) -> int:
@@ -109,8 +86,8 @@ def float_softmax_islands(path: Path, plan: Any, match: TensorMatch) -> list[dic
         output.quantization.scale, output.quantization.zeroPoint = [float(q.scale)], [int(q.zero_point)]
         copies = _retag_downstream(model, op.outputs[0], previous, ([float(q.scale)], [int(q.zero_point)]))
         quantize, dequantize = schema.BuiltinOperator.QUANTIZE, schema.BuiltinOperator.DEQUANTIZE
-        rewritten += [_conversion(model, dequantize, op.inputs[0], float_in), op]
-        rewritten.append(_conversion(model, quantize, float_out, op.outputs[0]))
+        rewritten += [conversion_op(model, dequantize, [op.inputs[0]], [float_in]), op]
+        rewritten.append(conversion_op(model, quantize, [float_out], [op.outputs[0]]))
         op.inputs, op.outputs = [float_in], [float_out]
         islands.append({"tensor": output.name.decode(), "unit": unit, "width": wide[unit],
                         "grid": [float(q.scale), int(q.zero_point)], "copies_retagged": copies,
