@@ -378,6 +378,9 @@ def _activation_of(qg: QuantGraph) -> dict[str, Callable[[torch.Tensor], torch.T
     return acts
 
 
+PROGRESS_EVERY_S = 60.0  # AdaRound's progress lines (a model takes minutes)
+
+
 def _layerwise(plan: QuantPlan, adaround_layers: bool, correct: bool, log: Log) -> dict[str, Any]:
     """The side-by-side pass: AdaRound and/or bias correction, layer after layer."""
     s = plan.settings
@@ -385,11 +388,16 @@ def _layerwise(plan: QuantPlan, adaround_layers: bool, correct: bool, log: Log) 
     bc = BiasCorrectionStats()
     flips: dict[str, float] = {}
     t0 = time.time()
+    total = sum(1 for module in plan._qg.gm.modules() if isinstance(module, QuantWeighted) and module.quantized)
+    last_note = [t0]
 
     def step(layer: nn.Module, x_float: torch.Tensor, x_quant: torch.Tensor) -> None:
         if not layer.quantized:
             return
         if adaround_layers:
+            if time.time() - last_note[0] >= PROGRESS_EVERY_S:  # minutes per model: say where it is
+                log(f"AdaRound: {len(flips)}/{total} layers rounded in {time.time() - t0:.0f}s")
+                last_note[0] = time.time()
             act = acts.get(layer.unit)
             with torch.no_grad():
                 target = layer.forward_float(x_float)
