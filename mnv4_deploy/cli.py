@@ -116,7 +116,8 @@ EvalDataOpt = Annotated[Optional[Path], typer.Option("--eval-data", help="labele
 EvalSizeOpt = Annotated[Optional[int], typer.Option("--eval-size", help="evaluate on a seeded sample of N images")]
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="fail (exit 4) when top-1 drops more "
                                                      "than this many points")]
-QuantOpt = Annotated[str, typer.Option("--quant-config", help="shipped recipe name or a recipe YAML file")]
+QuantOpt = Annotated[str, typer.Option("--quant-config", help="a shipped recipe (default; adaround: AdaRound "
+                                        "rounding, minutes per model, smaller int8 error; bpu) or a recipe YAML file")]
 EvalShardOpt = Annotated[Optional[str], typer.Option("--eval-shard", help="evaluate only the K-th of N deterministic "
                                                      "shards, K/N (merge the records with merge-eval)")]
 EvalWorkersOpt = Annotated[int, typer.Option("--eval-workers", help="processes decoding labeled images "
