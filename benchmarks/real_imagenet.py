@@ -78,15 +78,15 @@ def _cached(path: Path, compute: Callable[[], dict]) -> dict:
 
 # ---- our pipeline ---------------------------------------------------------------------------
 
-def run_pipeline(targets: str, weights: Path, calib: Path, heldout: Path, out: Path) -> dict:
-    """One `export` run: every target from one plan, judged on the held-out images."""
+def run_pipeline(targets: str, weights: Path, calib: Path, heldout: Path, out: Path, recipe: str = "default") -> dict:
+    """One `export` run: every target from one plan (of `recipe`), judged on the held-out images."""
     from mnv4_deploy import export
     from mnv4_deploy.report import Report
 
     started = time.time()
     try:
         report = export(MODEL, targets, out, weights=weights, calib_data=calib, calib_size=CALIB_COUNT,
-                        eval_data=heldout, log=log, step=lambda name: log(f"step: {name}"))
+                        eval_data=heldout, quant_config=recipe, log=log, step=lambda name: log(f"step: {name}"))
         interrupted = False
     except KeyboardInterrupt:  # export wrote what finished; keep it
         log("interrupted: keeping the targets that finished")
