@@ -152,8 +152,7 @@ def rknn_rows(work: Path, pipeline: dict, calib_dir: Path, heldout_dir: Path, pl
             logits = _simulate(session, pixels)
         np.save(work / "rknn_ours_logits.npy", logits)
         return _row("rknn-int8", f"ours: the plan's QDQ ONNX, toolkit scales kept (rknn-int8, recipe {recipe})",
-                    reference, logits,
-                    labels, time.time() - started, {"logits_sha": _sha(logits)})
+                    reference, logits, labels, time.time() - started, {"logits_sha": _sha(logits)})
 
     rows.append(_cached(work / "rknn_ours.json", ours))
 
@@ -184,8 +183,7 @@ def rknn_rows(work: Path, pipeline: dict, calib_dir: Path, heldout_dir: Path, pl
         logits = run_chunked(plan.emulation(), heldout.tensors, 25)
         np.save(work / "emulation_logits.npy", logits)
         return _row("emulation", f"the plan's PyTorch emulation (recipe {recipe}; fake-quant, not a deliverable)",
-                    reference, logits,
-                    labels, time.time() - started, {"plan_sha256": plan.sha256})
+                    reference, logits, labels, time.time() - started, {"plan_sha256": plan.sha256})
 
     rows.append(_cached(work / "emulation.json", emulation))
     ours_logits, emu_logits = work / "rknn_ours_logits.npy", work / "emulation_logits.npy"
