@@ -94,6 +94,11 @@ def forecast_rows(result: Any) -> list[dict]:
     return rows
 
 
+def per_image_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine between row i of `a` and row i of `b` (two logit sets of the same images)."""
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
 def fmt(value: Any, spec: str) -> str:
     """`value` formatted by `spec`, or "-" when it was not measured."""
     return "-" if value is None else format(value, spec)

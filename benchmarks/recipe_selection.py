@@ -23,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_common import per_image_cosine  # noqa: E402
 from real_imagenet import CALIB_COUNT, MODEL, WEIGHTS_FOR, cpu_description, log  # noqa: E402
 from rknn_imagenet import _images  # noqa: E402
 from split_samples import DEFAULT_SOURCE, split  # noqa: E402
@@ -59,8 +60,7 @@ def score(names: list[str], calib: np.ndarray, fit: int) -> dict:
         started = time.time()
         plan = build_plan(prepared.canonical, planned_on, candidate(name), log=log, overflow_fix="off")
         logits = run_chunked(plan.emulation(), scored_on, 25)
-        cos = (reference * logits).sum(1) / np.maximum(
-            np.linalg.norm(reference, axis=1) * np.linalg.norm(logits, axis=1), 1e-30)
+        cos = per_image_cosine(reference, logits)
         scores[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                         "top1_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()),
                         "plan_seconds": round(time.time() - started, 1), "plan_sha256": plan.sha256}

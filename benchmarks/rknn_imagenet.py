@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_common import fmt  # noqa: E402
+from bench_common import fmt, per_image_cosine  # noqa: E402
 from real_imagenet import CALIB_COUNT, MODEL, WEIGHTS_FOR, _cached, cpu_description, log, ort_logits, \
     run_pipeline  # noqa: E402
 from split_samples import DEFAULT_SOURCE, split  # noqa: E402
@@ -56,8 +56,7 @@ def _row(name: str, label: str, reference: np.ndarray, logits: np.ndarray, label
     from mnv4_deploy.validate import accuracy, correct_flags
 
     acc = accuracy(reference, logits, labels).to_dict()
-    dots = (reference * logits).sum(1) / np.maximum(np.linalg.norm(reference, axis=1) * np.linalg.norm(logits, axis=1),
-                                                    1e-30)
+    dots = per_image_cosine(reference, logits)
     return {"model": name, "label": label, "top1": acc["top1"], "drop_top1": acc["drop_top1"],
             **top1_ties(logits, labels),
             "drop_ci95": acc["drop_top1_ci95"], "only_float_right": acc["only_reference_right"],
@@ -108,7 +107,7 @@ def paired_logits(ours: np.ndarray, other: np.ndarray, labels: np.ndarray) -> di
     """Two logit sets of the same images: per-image cosine, argmax disagreements, and who is right where."""
     from mnv4_deploy.validate import correct_flags
 
-    cos = (ours * other).sum(1) / np.maximum(np.linalg.norm(ours, axis=1) * np.linalg.norm(other, axis=1), 1e-30)
+    cos = per_image_cosine(ours, other)
     pair = versus({"top1_hits": correct_flags(ours, labels)[0]}, {"top1_hits": correct_flags(other, labels)[0]})
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
             "argmax_differs": int((ours.argmax(1) != other.argmax(1)).sum()), **pair}
